@@ -1,0 +1,3 @@
+from hfbt.cli import main
+
+main()

@@ -1,0 +1,246 @@
+"""A node: pulls revisions from the swarm into the HF cache and keeps seeding what it published.
+
+Used by the agent daemon (long-lived, one per node) and by `hfbt pull` when no agent runs (an
+embedded, short-lived session). A blob goes: torrent added under `<etag>.hfbt-partial` → all pieces
+verified by BitTorrent → sha256 / git-sha1 checked against the manifest → renamed to `blobs/<etag>`
+→ snapshot symlink → (after every selected file) refs/<revision>.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfbt import cache
+from hfbt.agent.blobstore import BlobStore, PublishedBlob
+from hfbt.config import NodeConfig
+from hfbt.errors import HfbtError
+from hfbt.manifest import (
+    FileEntry,
+    check_repo_id,
+    check_repo_type,
+    check_revision,
+    is_commit,
+    select_files,
+)
+from hfbt.swarm import Swarm, SwarmError
+from hfbt.trackerclient import TrackerClient
+
+log = logging.getLogger("hfbt.node")
+
+Emit = Callable[[dict], None]
+POLL_S = 0.25
+REANNOUNCE_S = 3.0
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    repo_id: str
+    repo_type: str = "model"
+    revision: str = "main"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    timeout: float | None = None  # seconds; None waits as long as the swarm makes progress
+
+    def validate(self) -> PullRequest:
+        try:
+            check_repo_type(self.repo_type)
+            check_repo_id(self.repo_id)
+            check_revision(self.revision)
+        except ValueError as e:
+            raise HfbtError("BadRequest", str(e)) from None
+        return self
+
+
+@dataclass
+class _Download:
+    entry: FileEntry
+    info_hash: str
+    started: float = field(default_factory=time.monotonic)
+    last_announce: float = field(default_factory=time.monotonic)
+    finalizing: Future | None = None
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig, swarm: Swarm) -> None:
+        self.cfg = cfg
+        self.swarm = swarm
+        self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=cfg.node_name)
+        self.blobs = BlobStore(cfg.state_dir / "blobs")
+        self._finalize = ThreadPoolExecutor(2, thread_name_prefix="finalize")
+        self._etag_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def close(self) -> None:
+        self._finalize.shutdown(wait=True)
+        self.tracker.close()
+
+    def reseed(self) -> int:
+        """Seed every blob this node published before, if it is still in the cache (no re-hash)."""
+        count = 0
+        for rec, torrent in self.blobs.all():
+            blob = Path(rec.blobs_dir) / rec.etag
+            if not (blob.is_file() and blob.stat().st_size == rec.size):
+                self.blobs.remove(rec.info_hash)
+                continue
+            self.swarm.add(torrent, Path(rec.blobs_dir), seeding=True)
+            count += 1
+        return count
+
+    # --- pull ------------------------------------------------------------------------------------
+
+    def pull(self, req: PullRequest, emit: Emit = lambda _e: None) -> Path:
+        req.validate()
+        deadline = None if req.timeout is None else time.monotonic() + req.timeout
+        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision)
+        repo = cache.repo_dir(self.cfg.cache_dir, req.repo_type, req.repo_id)
+        downloads: dict[str, _Download] = {}  # by etag
+        done: set[str] = set()  # paths linked into the snapshot
+        last_emit = 0.0
+        while True:
+            if reply.manifest is None:
+                emit({"event": "waiting", "detail": _waiting_detail(reply.job)})
+                _check_deadline(deadline, req)
+                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision)
+                continue
+            manifest = reply.manifest
+            selected = select_files(manifest.files, req.include, req.exclude)
+            if not selected:
+                raise HfbtError(
+                    "EntryNotFound", f"no file of {req.repo_id}@{manifest.commit} matches the filters"
+                )
+            for f in selected:
+                if f.path in done:
+                    continue
+                if self._publish_if_local(repo, manifest.commit, f):
+                    done.add(f.path)
+                elif f.info_hash and f.etag not in downloads:
+                    downloads[f.etag] = self._start(repo, f)
+            for f in selected:
+                if f.path in done or f.etag not in downloads:
+                    continue
+                d = downloads[f.etag]
+                if d.finalizing is None and self._finished(d):
+                    d.finalizing = self._finalize.submit(self._finish, repo, d)
+                if d.finalizing is not None and d.finalizing.done():
+                    d.finalizing.result()  # raises the blob's integrity/rename error
+                    cache.link_snapshot(repo, manifest.commit, f)
+                    done.add(f.path)
+            now = time.monotonic()
+            if len(done) == len(selected):
+                break
+            if now - last_emit >= 0.5:
+                emit(self._progress(selected, done, downloads))
+                last_emit = now
+            _check_deadline(deadline, req)
+            if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
+                # The seed publishes file by file: look again for the torrents it has added since.
+                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait=0)
+                time.sleep(1.0)
+            else:
+                time.sleep(POLL_S)
+        if not is_commit(req.revision):
+            cache.write_ref(repo, req.revision, manifest.commit)
+        snap = cache.snapshot_dir(repo, manifest.commit)
+        snap.mkdir(parents=True, exist_ok=True)
+        emit(self._progress(selected, done, downloads))
+        return snap
+
+    def _publish_if_local(self, repo: Path, commit: str, f: FileEntry) -> bool:
+        if cache.is_linked(repo, commit, f):
+            return True
+        if f.size == 0:
+            cache.write_empty_blob(repo, f)
+        elif not cache.has_blob(repo, f):
+            return False
+        # Only hfbt and the Hub client write final blob names, both after a complete download.
+        cache.link_snapshot(repo, commit, f)
+        return True
+
+    def _start(self, repo: Path, f: FileEntry) -> _Download:
+        assert f.info_hash
+        if not self.swarm.has(f.info_hash):
+            torrent = self.tracker.torrent(f.info_hash)
+            cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
+            self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
+            log.info("event=blob_join path=%s size=%d info_hash=%s", f.path, f.size, f.info_hash)
+        return _Download(f, f.info_hash)
+
+    def _finished(self, d: _Download) -> bool:
+        try:
+            if self.swarm.wait_finished(d.info_hash, timeout=0):
+                return True
+            st = self.swarm.status(d.info_hash)
+        except SwarmError as e:
+            raise HfbtError("SwarmError", f"{d.entry.path}: {e}") from None
+        now = time.monotonic()
+        if st.peers == 0 and now - d.last_announce > REANNOUNCE_S:
+            self.swarm.reannounce(d.info_hash)
+            d.last_announce = now
+        return False
+
+    def _finish(self, repo: Path, d: _Download) -> None:
+        f = d.entry
+        with self._etag_lock(f.etag):
+            final = cache.blob_path(repo, f.etag)
+            if final.is_file() and final.stat().st_size == f.size:
+                return  # another pull of the same blob published it
+            partial = cache.blobs_dir(repo) / cache.partial_name(f.etag)
+            if not cache.verify_blob(partial, f):
+                self.swarm.remove(d.info_hash)
+                partial.unlink(missing_ok=True)
+                raise HfbtError("Integrity", f"{f.path}: downloaded bytes do not match {f.etag}; discarded")
+            self.swarm.rename(d.info_hash, f.etag)
+            torrent = self.tracker.torrent(d.info_hash)
+            self.blobs.put(PublishedBlob(d.info_hash, f.etag, f.size, str(cache.blobs_dir(repo))), torrent)
+            log.info(
+                "event=blob_published path=%s size=%d seconds=%.1f",
+                f.path,
+                f.size,
+                time.monotonic() - d.started,
+            )
+
+    def _etag_lock(self, etag: str) -> threading.Lock:
+        with self._guard:
+            return self._etag_locks.setdefault(etag, threading.Lock())
+
+    def _progress(self, selected: list[FileEntry], done: set[str], downloads: dict[str, _Download]) -> dict:
+        total = sum(f.size for f in selected)
+        have = 0
+        rate = 0
+        for f in selected:
+            if f.path in done:
+                have += f.size
+            elif (d := downloads.get(f.etag)) is not None:
+                try:
+                    st = self.swarm.status(d.info_hash)
+                except SwarmError:
+                    continue
+                have += st.done
+                rate += st.download_rate
+        return {
+            "event": "progress",
+            "done": have,
+            "total": total,
+            "files_done": len(done),
+            "files_total": len(selected),
+            "rate": rate,
+        }
+
+
+def _waiting_detail(job: dict | None) -> str:
+    if not job:
+        return "waiting for the tracker"
+    if job.get("seeds") == 0:
+        return "no seed is registered with the tracker yet"
+    return f"mirror job {job.get('state', 'queued')}"
+
+
+def _check_deadline(deadline: float | None, req: PullRequest) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise HfbtError("Timeout", f"{req.repo_id}@{req.revision} did not complete within {req.timeout:.0f}s")

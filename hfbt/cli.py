@@ -1,0 +1,344 @@
+"""The `hfbt` command: one thin function per command; flags map onto hfbt.config dataclasses.
+
+Every flag has an HFBT_* environment variable (shown in --help); Hugging Face's own variables
+(HF_TOKEN, HF_HOME, HF_HUB_CACHE) are honoured where the Hub client would honour them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hfbt import config as C
+from hfbt.errors import HfbtError
+
+app = typer.Typer(
+    help="Hugging Face repos as private torrents: mirror once from the Hub, spread inside the cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Host = Annotated[str, typer.Option("--host", help="Address the HTTP API binds to.", envvar="HFBT_HOST")]
+AuthToken = Annotated[
+    str | None,
+    typer.Option(
+        "--auth-token",
+        help="Cluster token protecting the tracker API and announces.",
+        envvar="HFBT_AUTH_TOKEN",
+    ),
+]
+TrackerUrl = Annotated[str, typer.Option("--tracker", help="Tracker base URL.", envvar="HFBT_TRACKER")]
+BtPort = Annotated[
+    int, typer.Option("--bt-port", help="BitTorrent listen port (0 = ephemeral).", envvar="HFBT_BT_PORT")
+]
+BtHost = Annotated[str, typer.Option("--bt-host", help="BitTorrent listen address.", envvar="HFBT_BT_HOST")]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning.", envvar="HFBT_LOG_LEVEL")]
+
+
+def _fail(e: HfbtError) -> None:
+    typer.echo(f"hfbt: error: {e.message} [{e.code}]", err=True)
+    raise typer.Exit(1)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _setup_logs(level: str) -> None:
+    from hfbt import log
+
+    log.setup(level)
+
+
+@app.command()
+def tracker(
+    db: Annotated[Path, typer.Option("--db", help="SQLite registry file.", envvar="HFBT_DB")] = Path(
+        "tracker.db"
+    ),
+    host: Host = C.DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option("--port", help="HTTP port.", envvar="HFBT_TRACKER_PORT")
+    ] = C.TRACKER_PORT,
+    auth_token: AuthToken = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="Base URL written into .torrent files (default: the caller's).",
+            envvar="HFBT_PUBLIC_URL",
+        ),
+    ] = None,
+    ref_ttl: Annotated[
+        float,
+        typer.Option("--ref-ttl", help="Seconds a resolved branch/tag stays fresh.", envvar="HFBT_REF_TTL"),
+    ] = C.REF_TTL_S,
+    announce_interval: Annotated[
+        int,
+        typer.Option(
+            "--announce-interval", help="Seconds between announces.", envvar="HFBT_ANNOUNCE_INTERVAL"
+        ),
+    ] = C.ANNOUNCE_INTERVAL_S,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the private tracker, revision registry and mirror scheduler."""
+    _setup_logs(log_level)
+    from tracker.server import serve
+
+    cfg = C.TrackerConfig(
+        db=db,
+        host=host,
+        port=port,
+        auth_token=auth_token,
+        public_url=public_url,
+        ref_ttl=ref_ttl,
+        announce_interval=announce_interval,
+    )
+    serve(cfg)
+
+
+@app.command()
+def seed(
+    tracker: TrackerUrl = C.DEFAULT_TRACKER,
+    origin: Annotated[
+        str, typer.Option("--origin", help="Hub endpoint to mirror from.", envvar="HFBT_ORIGIN")
+    ] = C.DEFAULT_ORIGIN,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where mirrored blobs are kept.", envvar="HFBT_DATA_DIR")
+    ] = Path("seed-data"),
+    token: Annotated[
+        str | None, typer.Option("--token", help="Hub token for the origin.", envvar="HF_TOKEN")
+    ] = None,
+    auth_token: AuthToken = None,
+    seed_id: Annotated[
+        str | None, typer.Option("--seed-id", help="Name of this seed.", envvar="HFBT_SEED_ID")
+    ] = None,
+    bt_host: BtHost = "0.0.0.0",
+    bt_port: BtPort = C.SEED_BT_PORT,
+    upload_mbit: Annotated[
+        float,
+        typer.Option("--upload-mbit", help="Upload cap in Mbit/s (0 = none).", envvar="HFBT_UPLOAD_MBIT"),
+    ] = 0.0,
+    parallel_files: Annotated[
+        int,
+        typer.Option(
+            "--parallel-files", help="Files fetched from the origin at once.", envvar="HFBT_PARALLEL_FILES"
+        ),
+    ] = 2,
+    log_level: LogLevel = "info",
+) -> None:
+    """Mirror revisions from the origin on demand and seed their torrents."""
+    _setup_logs(log_level)
+    from hfbt.seed.service import SeedService
+
+    cfg = C.SeedConfig(
+        tracker=tracker,
+        data_dir=data_dir,
+        origin=origin,
+        token=token,
+        auth_token=auth_token,
+        seed_id=seed_id,
+        swarm=C.SwarmConfig(listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit),
+        parallel_files=parallel_files,
+    )
+    service = SeedService(cfg)
+    stop = _stop_on_signals()
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+
+
+def _node_config(
+    tracker: str,
+    cache_dir: Path | None,
+    state_dir: Path | None,
+    auth_token: str | None,
+    node_name: str | None,
+    swarm: C.SwarmConfig,
+) -> C.NodeConfig:
+    cache = (cache_dir or C.default_hf_cache()).expanduser().resolve()
+    return C.NodeConfig(
+        tracker=tracker,
+        cache_dir=cache,
+        state_dir=(state_dir or C.default_state_dir(cache)).expanduser().resolve(),
+        auth_token=auth_token,
+        node_name=node_name or socket.gethostname(),
+        swarm=swarm,
+    )
+
+
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="HF cache (default: HF_HUB_CACHE, else HF_HOME/hub).", envvar="HFBT_CACHE_DIR"
+    ),
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="hfbt's own state (default: .hfbt-<cache name> beside the cache).",
+        envvar="HFBT_STATE_DIR",
+    ),
+]
+NodeName = Annotated[
+    str | None,
+    typer.Option(
+        "--node-name", help="Name sent to the tracker (default: hostname).", envvar="HFBT_NODE_NAME"
+    ),
+]
+
+
+@app.command()
+def agent(
+    tracker: TrackerUrl = C.DEFAULT_TRACKER,
+    cache_dir: CacheDir = None,
+    state_dir: StateDir = None,
+    host: Host = C.DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option("--port", help="Control API port.", envvar="HFBT_AGENT_PORT")
+    ] = C.AGENT_PORT,
+    bt_host: BtHost = "0.0.0.0",
+    bt_port: BtPort = C.AGENT_BT_PORT,
+    auth_token: AuthToken = None,
+    node_name: NodeName = None,
+    upload_mbit: Annotated[
+        float,
+        typer.Option("--upload-mbit", help="Upload cap in Mbit/s (0 = none).", envvar="HFBT_UPLOAD_MBIT"),
+    ] = 0.0,
+    download_mbit: Annotated[
+        float,
+        typer.Option(
+            "--download-mbit", help="Download cap in Mbit/s (0 = none).", envvar="HFBT_DOWNLOAD_MBIT"
+        ),
+    ] = 0.0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the node daemon: pulls into the HF cache and keeps seeding every completed blob."""
+    _setup_logs(log_level)
+    from hfbt.agent.daemon import serve
+
+    swarm = C.SwarmConfig(
+        listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit, download_mbit=download_mbit
+    )
+    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm)
+    serve(C.AgentConfig(node=node, host=host, port=port))
+
+
+@app.command()
+def pull(
+    repo_id: Annotated[str, typer.Argument(help="Repo id, e.g. meta-llama/Llama-3.1-8B.")],
+    revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit.")] = "main",
+    repo_type: Annotated[str, typer.Option("--repo-type", help="model or dataset.")] = "model",
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Only files matching this glob (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Skip files matching this glob (repeatable).")
+    ] = None,
+    cache_dir: CacheDir = None,
+    state_dir: StateDir = None,
+    tracker: TrackerUrl = C.DEFAULT_TRACKER,
+    auth_token: AuthToken = None,
+    agent: Annotated[
+        str,
+        typer.Option(
+            "--agent",
+            help=(
+                "Agent URL to hand the pull to; 'auto' tries the default and falls back to an"
+                " embedded session; 'none' never uses one."
+            ),
+            envvar="HFBT_AGENT",
+        ),
+    ] = "auto",
+    node_name: NodeName = None,
+    bt_port: BtPort = 0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up after this many seconds.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Pull a revision into the HF cache through the swarm; prints the snapshot path last."""
+    _setup_logs(log_level)
+    from hfbt.agent.node import PullRequest
+    from hfbt.progress import PullProgress
+    from hfbt.pull import run_pull
+
+    node = _node_config(
+        tracker, cache_dir, state_dir, auth_token, node_name, C.SwarmConfig(listen_port=bt_port)
+    )
+    req = PullRequest(repo_id, repo_type, revision, tuple(include or ()), tuple(exclude or ()), timeout)
+    agent_url = {"auto": C.DEFAULT_AGENT, "none": None}.get(agent, agent)
+    try:
+        with PullProgress(f"{repo_id}@{revision}", enabled=not quiet) as emit:
+            snap = run_pull(node, req, agent_url, emit, agent_required=agent not in ("auto", "none"))
+    except HfbtError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        typer.echo("hfbt: interrupted; partial data is kept and the next pull resumes it", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(str(snap))
+
+
+@app.command("serve-dir")
+def serve_dir(
+    directory: Annotated[
+        Path,
+        typer.Argument(help="Folder to serve (one repo with --repo; else models/ and datasets/ below it)."),
+    ],
+    repo: Annotated[str | None, typer.Option("--repo", help="Repo id the folder is served as.")] = None,
+    repo_type: Annotated[str, typer.Option("--repo-type", help="model or dataset.")] = "model",
+    host: Host = C.DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option("--port", help="HTTP port.", envvar="HFBT_ORIGIN_PORT")
+    ] = C.ORIGIN_PORT,
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos)."""
+    _setup_logs(log_level)
+    from hfbt.origin import serve
+
+    if not directory.is_dir():
+        _fail(HfbtError("BadRequest", f"{directory} is not a folder"))
+    serve(C.OriginConfig(directory=directory, repo=repo, repo_type=repo_type, host=host, port=port))
+
+
+@app.command()
+def demo(
+    size_mb: Annotated[int, typer.Option("--size-mb", help="Approximate size of the synthetic model.")] = 300,
+    nodes: Annotated[int, typer.Option("--nodes", help="Node agents to start.")] = 3,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Keep everything here (default: a temp dir, removed).")
+    ] = None,
+) -> None:
+    """One-machine, no-internet demo: origin + tracker + seed + node agents, three pulls at once."""
+    from hfbt.demo import run_demo
+
+    try:
+        run_demo(size_mb=size_mb, nodes=nodes, workdir=workdir)
+    except HfbtError as e:
+        _fail(e)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Every setting once: its default, its HFBT_* variable and the dataclass each role is started with.
+
+The CLI (hfbt/cli.py) maps flags onto these dataclasses; nothing else reads the environment, except the
+Hugging Face variables huggingface_hub itself defines (HF_TOKEN, HF_HOME, HF_HUB_CACHE).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+TRACKER_PORT = 6969
+ORIGIN_PORT = 8090
+AGENT_PORT = 6970
+AGENT_BT_PORT = 6881
+SEED_BT_PORT = 6882
+DEFAULT_TRACKER = f"http://{DEFAULT_HOST}:{TRACKER_PORT}"
+DEFAULT_AGENT = f"http://{DEFAULT_HOST}:{AGENT_PORT}"
+DEFAULT_ORIGIN = "https://huggingface.co"
+REF_TTL_S = 30.0
+ANNOUNCE_INTERVAL_S = 30
+
+
+def default_hf_cache() -> Path:
+    """The Hub client's own rule: HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def default_state_dir(cache_dir: Path) -> Path:
+    # Beside the cache, not in it: scan_cache_dir() flags every unknown folder inside the cache as corrupt.
+    cache_dir = cache_dir.expanduser().resolve()
+    return cache_dir.parent / f".hfbt-{cache_dir.name}"
+
+
+@dataclass
+class TrackerConfig:
+    db: Path
+    host: str = DEFAULT_HOST
+    port: int = TRACKER_PORT
+    auth_token: str | None = None
+    public_url: str | None = None  # base URL written into .torrent files; default: the URL the caller used
+    ref_ttl: float = REF_TTL_S
+    announce_interval: int = ANNOUNCE_INTERVAL_S
+
+
+@dataclass
+class OriginConfig:
+    directory: Path
+    repo: str | None = None  # None: directory holds models/<org>/<name> and datasets/<org>/<name>
+    repo_type: str = "model"
+    host: str = DEFAULT_HOST
+    port: int = ORIGIN_PORT
+
+
+@dataclass
+class SwarmConfig:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 0  # 0 = ephemeral, so pulls and agents can share one machine
+    upload_mbit: float = 0.0  # 0 = unlimited
+    download_mbit: float = 0.0
+
+
+@dataclass
+class SeedConfig:
+    tracker: str
+    data_dir: Path
+    origin: str = DEFAULT_ORIGIN
+    token: str | None = field(default=None, repr=False)
+    auth_token: str | None = field(default=None, repr=False)
+    seed_id: str | None = None
+    swarm: SwarmConfig = field(default_factory=lambda: SwarmConfig(listen_port=SEED_BT_PORT))
+    parallel_files: int = 2
+
+
+@dataclass
+class NodeConfig:
+    """What a pull or an agent needs: where the cache is and how to reach the tracker."""
+
+    tracker: str
+    cache_dir: Path
+    state_dir: Path
+    auth_token: str | None = field(default=None, repr=False)
+    node_name: str = "anonymous"
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+
+
+@dataclass
+class AgentConfig:
+    node: NodeConfig
+    host: str = DEFAULT_HOST
+    port: int = AGENT_PORT

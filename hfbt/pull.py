@@ -1,0 +1,68 @@
+"""`hfbt pull`: hand the pull to the node's agent when one serves this cache, else run it embedded."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hfbt import cache
+from hfbt.agent.client import AgentClient
+from hfbt.agent.node import Emit, Node, PullRequest
+from hfbt.config import NodeConfig
+from hfbt.errors import HfbtError
+from hfbt.swarm import Swarm
+
+
+def run_pull(
+    cfg: NodeConfig, req: PullRequest, agent_url: str | None, emit: Emit, agent_required: bool = False
+) -> Path:
+    req.validate()
+    if agent_url:
+        agent = AgentClient(agent_url)
+        health = agent.health()
+        if health and Path(health["cache_dir"]).resolve() == cfg.cache_dir.resolve():
+            emit({"event": "agent", "url": agent_url})
+            return _via_agent(agent, req, emit)
+        if agent_required:
+            why = "is not reachable" if not health else f"serves another cache ({health['cache_dir']})"
+            raise HfbtError("AgentUnreachable", f"the agent at {agent_url} {why}")
+    return pull_embedded(cfg, req, emit)
+
+
+def _via_agent(agent: AgentClient, req: PullRequest, emit: Emit) -> Path:
+    for ev in agent.pull(req):
+        if ev["event"] == "done":
+            return Path(ev["snapshot"])
+        if ev["event"] == "error":
+            raise HfbtError(ev.get("code", "AgentError"), ev.get("message", "the agent's pull failed"))
+        emit(ev)
+    raise HfbtError("AgentError", "the agent closed the pull without a result")
+
+
+def pull_embedded(cfg: NodeConfig, req: PullRequest, emit: Emit) -> Path:
+    with _repo_lock(cfg, req):
+        swarm = Swarm(cfg.swarm, resume_dir=cfg.state_dir / "resume")
+        node = Node(cfg, swarm)
+        try:
+            return node.pull(req, emit)
+        finally:
+            node.close()
+            swarm.close()
+
+
+@contextmanager
+def _repo_lock(cfg: NodeConfig, req: PullRequest) -> Iterator[None]:
+    # Two embedded pulls of one repo would write the same partial blob from two sessions.
+    folder = cfg.state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(
+        folder / f"{cache.repo_folder_name(req.repo_type, req.repo_id)}.lock", os.O_CREAT | os.O_RDWR
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,309 @@
+"""The one libtorrent session of a process. Nothing else in hfbt imports libtorrent.
+
+Settings are tuned for a private LAN swarm (see DESIGN.md, libtorrent facts): TCP only (uTP ran at
+≈ 9 MB/s on loopback), no DHT/LSD/UPnP, several peers per IP (tests and the demo run every node on
+127.0.0.1), suggest_mode off, and limits raised so a node can seed hundreds of blobs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libtorrent as lt
+
+from hfbt.config import SwarmConfig
+from hfbt.log import redact
+
+log = logging.getLogger("hfbt.swarm")
+
+
+class SwarmError(RuntimeError):
+    pass
+
+
+@dataclass
+class TorrentStatus:
+    info_hash: str
+    total: int
+    done: int
+    finished: bool
+    seeding: bool
+    peers: int
+    seeds: int
+    download_rate: int
+    upload_rate: int
+    uploaded: int
+    downloaded: int
+    error: str | None
+
+
+@dataclass
+class _Entry:
+    handle: lt.torrent_handle
+    finished: threading.Event = field(default_factory=threading.Event)
+    renamed: threading.Event = field(default_factory=threading.Event)
+    resumed: threading.Event = field(default_factory=threading.Event)
+    rename_error: str | None = None
+    error: str | None = None
+
+
+def session_settings(cfg: SwarmConfig) -> dict:
+    mbit = 1_000_000 // 8
+    return {
+        "listen_interfaces": f"{cfg.listen_host}:{cfg.listen_port}",
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "allow_multiple_connections_per_ip": True,
+        # localhost trackers with a passkey path would be refused by the SSRF guard
+        "ssrf_mitigation": False,
+        "suggest_mode": 0,
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": 100_000,
+        "active_checking": 4,
+        "dont_count_slow_torrents": False,
+        "connections_limit": 2000,
+        "min_announce_interval": 5,
+        "min_reconnect_time": 2,
+        "peer_connect_timeout": 5,
+        "max_out_request_queue": 1500,
+        "max_allowed_in_request_queue": 4000,
+        "send_buffer_watermark": 4 * 1024 * 1024,
+        "send_buffer_watermark_factor": 150,
+        "hashing_threads": 2,
+        "upload_rate_limit": int(cfg.upload_mbit * mbit),
+        "download_rate_limit": int(cfg.download_mbit * mbit),
+        "user_agent": "hfbt/0.1 libtorrent/" + lt.__version__,
+        "alert_mask": (
+            lt.alert_category.error
+            | lt.alert_category.status
+            | lt.alert_category.storage
+            | lt.alert_category.tracker
+        ),
+    }
+
+
+class Swarm:
+    """A libtorrent session plus the bookkeeping hfbt needs: completion, renames, resume data."""
+
+    def __init__(self, cfg: SwarmConfig, resume_dir: Path | None = None) -> None:
+        self._ses = lt.session(session_settings(cfg))
+        self._resume_dir = resume_dir
+        if resume_dir:
+            resume_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._removed_up = 0
+        self._removed_down = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._alert_loop, name="swarm-alerts", daemon=True)
+        self._thread.start()
+
+    @property
+    def listen_port(self) -> int:
+        return self._ses.listen_port()
+
+    # --- adding and removing -------------------------------------------------------------------
+
+    def add(
+        self, torrent: bytes, save_path: Path, *, file_name: str | None = None, seeding: bool = False
+    ) -> str:
+        """Join a blob's swarm; returns its info-hash. Idempotent per info-hash.
+
+        file_name: the on-disk name of the torrent's single file, relative to save_path (a partial
+        name while downloading). seeding: the file is complete and already verified (skip hashing).
+        """
+        ti = lt.torrent_info(lt.bdecode(torrent))
+        ih = str(ti.info_hashes().v1)
+        with self._lock:
+            if ih in self._entries:
+                return ih
+            params = self._resume_params(ih) or lt.add_torrent_params()
+            params.ti = ti
+            params.save_path = str(save_path)
+            if file_name and file_name != ti.name():
+                params.renamed_files = {0: file_name}
+            flags = params.flags & ~lt.torrent_flags.paused & ~lt.torrent_flags.auto_managed
+            if seeding:
+                flags |= lt.torrent_flags.seed_mode
+            params.flags = flags
+            entry = _Entry(self._ses.add_torrent(params))
+            if seeding:
+                entry.finished.set()  # seed mode raises no finished alert: the data is known complete
+            self._entries[ih] = entry
+        return ih
+
+    def _resume_params(self, ih: str) -> lt.add_torrent_params | None:
+        if not self._resume_dir:
+            return None
+        path = self._resume_dir / f"{ih}.resume"
+        if not path.exists():
+            return None
+        try:
+            return lt.read_resume_data(path.read_bytes())
+        except Exception as e:  # a torn resume file only costs a recheck
+            log.warning("event=resume_unreadable info_hash=%s error=%r", ih, e)
+            return None
+
+    def remove(self, ih: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(ih, None)
+        if entry is None:
+            return
+        st = entry.handle.status()
+        self._removed_up += st.total_payload_upload
+        self._removed_down += st.total_payload_download
+        self._ses.remove_torrent(entry.handle)
+        if self._resume_dir:
+            (self._resume_dir / f"{ih}.resume").unlink(missing_ok=True)
+
+    def reannounce(self, ih: str) -> None:
+        # A node can announce a moment before the seed does and get no peers; waiting a whole
+        # announce interval for the next try would stall the pull.
+        self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+
+    def has(self, ih: str) -> bool:
+        with self._lock:
+            return ih in self._entries
+
+    def info_hashes(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    # --- waiting -------------------------------------------------------------------------------
+
+    def wait_finished(self, ih: str, timeout: float | None = None) -> bool:
+        entry = self._entry(ih)
+        if not entry.finished.wait(timeout):
+            return False
+        if entry.error:
+            raise SwarmError(entry.error)
+        return True
+
+    def rename(self, ih: str, new_name: str, timeout: float = 60.0) -> None:
+        """Rename the torrent's file (relative to save_path); seeding goes on from the new name."""
+        entry = self._entry(ih)
+        entry.renamed.clear()
+        entry.rename_error = None
+        entry.handle.rename_file(0, new_name)
+        if not entry.renamed.wait(timeout):
+            raise SwarmError(f"rename of {ih} timed out")
+        if entry.rename_error:
+            raise SwarmError(f"rename of {ih} failed: {entry.rename_error}")
+
+    def _entry(self, ih: str) -> _Entry:
+        with self._lock:
+            try:
+                return self._entries[ih]
+            except KeyError:
+                raise SwarmError(f"torrent {ih} is not in the session") from None
+
+    # --- status --------------------------------------------------------------------------------
+
+    def status(self, ih: str) -> TorrentStatus:
+        entry = self._entry(ih)
+        st = entry.handle.status()
+        return TorrentStatus(
+            info_hash=ih,
+            total=st.total_wanted,
+            done=st.total_wanted_done,
+            finished=entry.finished.is_set() and not entry.error,
+            seeding=st.is_seeding,
+            peers=st.num_peers,
+            seeds=st.num_seeds,
+            download_rate=st.download_payload_rate,
+            upload_rate=st.upload_payload_rate,
+            uploaded=st.total_payload_upload,
+            downloaded=st.total_payload_download,
+            error=entry.error,
+        )
+
+    def totals(self) -> dict[str, int]:
+        up, down = self._removed_up, self._removed_down
+        for ih in self.info_hashes():
+            try:
+                st = self.status(ih)
+            except SwarmError:
+                continue
+            up += st.uploaded
+            down += st.downloaded
+        return {"uploaded": up, "downloaded": down, "torrents": len(self.info_hashes())}
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def close(self, save_resume: bool = True) -> None:
+        if save_resume and self._resume_dir:
+            self._save_resume_incomplete()
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._ses.pause()
+        del self._ses
+
+    def _save_resume_incomplete(self, timeout: float = 10.0) -> None:
+        # Only downloads need resume data: complete blobs are re-added in seed mode without a check.
+        with self._lock:
+            pending = [e for e in self._entries.values() if not e.finished.is_set()]
+        for e in pending:
+            e.resumed.clear()
+            e.handle.save_resume_data(lt.resume_data_flags_t.save_info_dict)
+        deadline = time.monotonic() + timeout
+        for e in pending:
+            e.resumed.wait(max(0.0, deadline - time.monotonic()))
+
+    # --- alerts --------------------------------------------------------------------------------
+
+    def _alert_loop(self) -> None:
+        while not self._stop.is_set():
+            self._ses.wait_for_alert(250)
+            for a in self._ses.pop_alerts():
+                try:
+                    self._on_alert(a)
+                except Exception:  # one bad alert must not kill completion tracking
+                    log.exception("event=alert_handler_failed alert=%s", type(a).__name__)
+
+    def _entry_for(self, a: lt.alert) -> _Entry | None:
+        try:
+            ih = str(a.handle.info_hashes().v1)
+        except Exception:
+            return None
+        with self._lock:
+            return self._entries.get(ih)
+
+    def _on_alert(self, a: lt.alert) -> None:
+        if isinstance(a, lt.torrent_finished_alert):
+            if e := self._entry_for(a):
+                e.finished.set()
+        elif isinstance(a, lt.file_renamed_alert):
+            if e := self._entry_for(a):
+                e.renamed.set()
+        elif isinstance(a, lt.file_rename_failed_alert):
+            if e := self._entry_for(a):
+                e.rename_error = a.error.message()
+                e.renamed.set()
+        elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+            if e := self._entry_for(a):
+                e.error = a.message()
+                e.finished.set()
+            log.warning("event=torrent_error message=%r", a.message())
+        elif isinstance(a, lt.save_resume_data_alert):
+            e = self._entry_for(a)
+            if self._resume_dir:
+                ih = str(a.handle.info_hashes().v1)
+                tmp = self._resume_dir / f"{ih}.resume.tmp"
+                tmp.write_bytes(lt.write_resume_data_buf(a.params))
+                tmp.replace(self._resume_dir / f"{ih}.resume")
+            if e:
+                e.resumed.set()
+        elif isinstance(a, lt.save_resume_data_failed_alert):
+            if e := self._entry_for(a):
+                e.resumed.set()
+        elif isinstance(a, lt.tracker_error_alert):
+            log.warning("event=tracker_error message=%r", redact(a.message()))

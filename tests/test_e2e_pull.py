@@ -1,0 +1,167 @@
+"""End to end: real origin, tracker, seed and agents as processes; real `hfbt pull` subprocesses;
+the real huggingface_hub client reads the result offline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
+
+from tests.conftest import DATASET, MODEL, Deployment, files_of, run_hfbt
+
+
+def origin_stats(d: Deployment) -> dict:
+    return httpx.get(f"{d.cluster.origin_url}/_hfbt/stats").json()
+
+
+def pull_args(d: Deployment, cache: Path, *extra: str) -> list[str]:
+    return ["pull", *extra, "--tracker", d.cluster.tracker_url, "--cache-dir", str(cache), "--quiet"]
+
+
+def assert_cache_valid(cache: Path) -> None:
+    report = scan_cache_dir(cache)
+    assert report.warnings == [], report.warnings
+    partials = [p for p in cache.rglob("*") if p.name.endswith((".hfbt-partial", ".incomplete"))]
+    assert partials == []
+
+
+def test_three_nodes_pull_at_once_origin_serves_each_file_once(deployment: Deployment) -> None:
+    agents = [deployment.cluster.start_agent(f"node{i}") for i in range(3)]
+
+    def pull(agent):
+        return run_hfbt(*pull_args(deployment, agent.cache_dir, MODEL, "--agent", agent.url))
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(pull, agents))
+    originals = files_of(deployment.model_dir)
+    for agent, r in zip(agents, results, strict=True):
+        assert r.returncode == 0, r.stderr
+        snap = Path(r.stdout.strip().splitlines()[-1])
+        assert snap.parent.parent == agent.cache_dir / "models--acme--tiny"
+        assert_cache_valid(agent.cache_dir)
+        offline = Path(snapshot_download(MODEL, cache_dir=agent.cache_dir, local_files_only=True))
+        assert offline == snap
+        assert files_of(offline) == originals
+        nested = hf_hub_download(
+            MODEL, "nested/deeper/notes.md", cache_dir=agent.cache_dir, local_files_only=True
+        )
+        assert Path(nested).read_bytes() == originals["nested/deeper/notes.md"]
+        assert (agent.cache_dir / "models--acme--tiny" / "refs" / "main").read_text() == snap.name
+    served = origin_stats(deployment)["bytes_served"]
+    for path, data in originals.items():
+        assert served.get(f"model/{MODEL}/{path}", 0) == len(data), path
+    # One mirror job for the three simultaneous requests.
+    jobs = httpx.get(f"{deployment.cluster.tracker_url}/api/v1/jobs").json()["jobs"]
+    assert len([j for j in jobs if j["repo_id"] == MODEL]) == 1
+
+
+def test_embedded_pull_of_a_dataset_with_filters(deployment: Deployment, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    r = run_hfbt(
+        *pull_args(
+            deployment, cache, DATASET, "--repo-type", "dataset", "--include", "data/*", "--exclude", "*.csv"
+        ),
+        "--agent",
+        "none",
+    )
+    assert r.returncode == 0, r.stderr
+    snap = Path(r.stdout.strip().splitlines()[-1])
+    originals = files_of(deployment.dataset_dir)
+    want = {p: b for p, b in originals.items() if p.startswith("data/") and not p.endswith(".csv")}
+    assert want and files_of(snap) == want
+    assert_cache_valid(cache)
+    offline = snapshot_download(
+        DATASET,
+        repo_type="dataset",
+        cache_dir=cache,
+        local_files_only=True,
+        allow_patterns=["data/*.parquet"],
+    )
+    assert files_of(Path(offline)) == want
+
+
+@pytest.mark.ref_ttl(0)
+def test_second_pull_is_a_no_op_and_new_revision_moves_only_the_changed_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = run_hfbt(*pull_args(deployment, cache, MODEL, "--agent", "none"))
+    assert first.returncode == 0, first.stderr
+    old_snap = Path(first.stdout.strip().splitlines()[-1])
+
+    again = run_hfbt(*pull_args(deployment, cache, MODEL, "--agent", "none"))
+    assert again.returncode == 0 and Path(again.stdout.strip().splitlines()[-1]) == old_snap
+
+    httpx.post(f"{deployment.cluster.origin_url}/_hfbt/stats/reset")
+    (deployment.model_dir / "config.json").write_text('{"model_type": "llama", "changed": true}\n')
+    blobs_before = set((cache / "models--acme--tiny" / "blobs").iterdir())
+    second = run_hfbt(*pull_args(deployment, cache, MODEL, "--agent", "none"))
+    assert second.returncode == 0, second.stderr
+    new_snap = Path(second.stdout.strip().splitlines()[-1])
+    assert new_snap != old_snap
+    assert files_of(new_snap) == files_of(deployment.model_dir)
+    new_blobs = set((cache / "models--acme--tiny" / "blobs").iterdir()) - blobs_before
+    assert [b.read_bytes() for b in new_blobs] == [(deployment.model_dir / "config.json").read_bytes()]
+    # The origin served the changed file only; the old snapshot stays intact next to the new one.
+    served = {k: v for k, v in origin_stats(deployment)["bytes_served"].items() if v}
+    assert served == {f"model/{MODEL}/config.json": len((deployment.model_dir / "config.json").read_bytes())}
+    assert (old_snap / "config.json").exists()
+    assert_cache_valid(cache)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("acme/nope",), "not found"),
+        ((MODEL, "--revision", "no-such-branch"), "revision"),
+        (("../etc",), "invalid repo id"),
+        ((MODEL, "--repo-type", "space"), "repo type"),
+    ],
+)
+def test_bad_pulls_fail_with_one_clear_line(deployment: Deployment, tmp_path: Path, args, message) -> None:
+    r = run_hfbt(*pull_args(deployment, tmp_path / "cache", *args, "--agent", "none"), timeout=60)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr.lower()
+    assert r.stdout.strip() == ""
+    assert httpx.get(f"{deployment.cluster.tracker_url}/healthz").status_code == 200
+
+
+def test_tracker_unreachable_is_a_clear_error(tmp_path: Path) -> None:
+    r = run_hfbt(
+        "pull", MODEL, "--tracker", "http://127.0.0.1:9", "--cache-dir", str(tmp_path), "--agent", "none"
+    )
+    assert r.returncode == 1 and "cannot reach the tracker" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_agent_restart_reseeds_and_serves_without_the_seed(deployment: Deployment) -> None:
+    node1 = deployment.cluster.start_agent("node1")
+    r = run_hfbt(*pull_args(deployment, node1.cache_dir, MODEL, "--agent", node1.url))
+    assert r.returncode == 0, r.stderr
+    # Restart node1 and stop the seed: node2 can only get the blobs from node1's cache.
+    for proc in list(deployment.cluster.procs):
+        if proc.name in ("node1", "seed"):
+            proc.popen.terminate()
+            proc.popen.wait(10)
+            deployment.cluster.procs.remove(proc)
+    node1 = deployment.cluster.start_agent("node1")
+    status = httpx.get(f"{node1.url}/v1/status").json()
+    assert status["totals"]["torrents"] >= 2 and all(
+        t["seeding"] or t["done"] == t["total"] for t in status["torrents"]
+    )
+    node2 = deployment.cluster.start_agent("node2")
+    r = run_hfbt(*pull_args(deployment, node2.cache_dir, MODEL, "--agent", node2.url), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert files_of(Path(r.stdout.strip().splitlines()[-1])) == files_of(deployment.model_dir)
+
+
+def test_pull_help_lists_env_vars() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hfbt", "pull", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "HFBT_TRACKER" in out and "HFBT_CACHE_DIR" in out

@@ -1,0 +1,1 @@
+"""Private BitTorrent tracker, revision registry and mirror scheduler for hfbt."""
