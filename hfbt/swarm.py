@@ -47,6 +47,7 @@ class _Entry:
     finished: threading.Event = field(default_factory=threading.Event)
     renamed: threading.Event = field(default_factory=threading.Event)
     resumed: threading.Event = field(default_factory=threading.Event)
+    flushed: threading.Event = field(default_factory=threading.Event)
     rename_error: str | None = None
     error: str | None = None
 
@@ -188,6 +189,18 @@ class Swarm:
             raise SwarmError(entry.error)
         return True
 
+    def flush(self, ih: str, timeout: float = 60.0) -> None:
+        """Wait until every verified piece is on disk.
+
+        A torrent is "finished" once its pieces pass the hash check, which happens before the disk
+        write: reading the file right then returned stale bytes (the demo's sha256 check caught it).
+        """
+        entry = self._entry(ih)
+        entry.flushed.clear()
+        entry.handle.flush_cache()
+        if not entry.flushed.wait(timeout):
+            raise SwarmError(f"flushing {ih} to disk timed out")
+
     def rename(self, ih: str, new_name: str, timeout: float = 60.0) -> None:
         """Rename the torrent's file (relative to save_path); seeding goes on from the new name."""
         entry = self._entry(ih)
@@ -281,6 +294,9 @@ class Swarm:
         if isinstance(a, lt.torrent_finished_alert):
             if e := self._entry_for(a):
                 e.finished.set()
+        elif isinstance(a, lt.cache_flushed_alert):
+            if e := self._entry_for(a):
+                e.flushed.set()
         elif isinstance(a, lt.file_renamed_alert):
             if e := self._entry_for(a):
                 e.renamed.set()

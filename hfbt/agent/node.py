@@ -140,7 +140,8 @@ class Node:
             _check_deadline(deadline, req)
             if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
                 # The seed publishes file by file: look again for the torrents it has added since.
-                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait=0)
+                # By commit: asking by branch again could start a new resolve job on the tracker.
+                reply = self.tracker.manifest(req.repo_type, req.repo_id, manifest.commit, wait=0)
                 time.sleep(1.0)
             else:
                 time.sleep(POLL_S)
@@ -191,6 +192,7 @@ class Node:
             if final.is_file() and final.stat().st_size == f.size:
                 return  # another pull of the same blob published it
             partial = cache.blobs_dir(repo) / cache.partial_name(f.etag)
+            self.swarm.flush(d.info_hash)
             if not cache.verify_blob(partial, f):
                 self.swarm.remove(d.info_hash)
                 partial.unlink(missing_ok=True)

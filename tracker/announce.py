@@ -1,0 +1,223 @@
+"""BEP 3 announce, BEP 23/7 compact peers and BEP 48 scrape: parsing and responses (pure, no I/O).
+
+info_hash and peer_id are raw 20-byte strings percent-encoded in the query, so the query is parsed
+from the raw bytes here: a text-decoding query parser (Starlette's) would mangle them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from fastbencode import bencode
+
+from tracker.peers import Peer, SwarmCounts
+
+# BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
+EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
+DEFAULT_NUMWANT = 50
+MAX_NUMWANT = 200
+_MAX_QUERY = 8192
+_MAX_INT = 2**63 - 1
+
+
+class AnnounceError(ValueError):
+    """A request the tracker refuses; the message becomes the bencoded "failure reason"."""
+
+
+@dataclass(frozen=True)
+class Announce:
+    info_hash: bytes
+    peer_id: bytes
+    ip: str
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: str
+    numwant: int | None
+    compact: bool
+    no_peer_id: bool
+
+
+def parse_query(raw: bytes | str) -> dict[str, list[bytes]]:
+    """Split a raw query string into name → raw byte values, in order (non-ASCII names are skipped)."""
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    if len(raw) > _MAX_QUERY:
+        raise AnnounceError("query string too long")
+    out: dict[str, list[bytes]] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        try:
+            key = unquote_to_bytes(name).decode("ascii")
+        except UnicodeDecodeError:
+            continue  # no parameter we read has such a name; clients may add their own
+        out.setdefault(key, []).append(unquote_to_bytes(value))
+    return out
+
+
+def _first(q: Mapping[str, list[bytes]], name: str) -> bytes | None:
+    values = q.get(name)
+    return values[0] if values else None
+
+
+def _hash20(q: Mapping[str, list[bytes]], name: str) -> bytes:
+    value = _first(q, name)
+    if value is None:
+        raise AnnounceError(f"missing {name}")
+    if len(value) != 20:
+        raise AnnounceError(f"invalid {name}: expected 20 bytes, got {len(value)}")
+    return value
+
+
+def _int(q: Mapping[str, list[bytes]], name: str, default: int | None = None) -> int:
+    value = _first(q, name)
+    if value is None or value == b"":
+        if default is None:
+            raise AnnounceError(f"missing {name}")
+        return default
+    # isdigit() alone accepts non-ASCII digits and int() accepts "+1", " 1", "1_0": be strict.
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise AnnounceError(f"invalid {name}: expected a non-negative integer")
+    n = int(value)
+    if n > _MAX_INT:
+        raise AnnounceError(f"invalid {name}: too large")
+    return n
+
+
+def _flag(q: Mapping[str, list[bytes]], name: str, default: bool) -> bool:
+    value = _first(q, name)
+    if value is None or value == b"":
+        return default
+    if value not in (b"0", b"1"):
+        raise AnnounceError(f"invalid {name}: expected 0 or 1")
+    return value == b"1"
+
+
+def ip_literal(value: str) -> str | None:
+    """The normalized address if `value` is an IP literal (IPv4-mapped IPv6 becomes IPv4), else None."""
+    try:
+        addr = ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+def parse_announce(raw_query: bytes | str, client_ip: str) -> Announce:
+    """Validate a BEP 3 announce. The peer's address is the connection's unless `ip` is an IP literal."""
+    q = parse_query(raw_query)
+    info_hash = _hash20(q, "info_hash")
+    peer_id = _hash20(q, "peer_id")
+    port = _int(q, "port")
+    if not 1 <= port <= 65535:
+        raise AnnounceError("invalid port: expected 1..65535")
+    uploaded = _int(q, "uploaded", 0)
+    downloaded = _int(q, "downloaded", 0)
+    left = _int(q, "left")
+    raw_event = _first(q, "event") or b""
+    event = raw_event.decode("ascii", "replace")
+    if event not in EVENTS:
+        raise AnnounceError("invalid event: expected started, completed, stopped or empty")
+    numwant = _int(q, "numwant", -1)
+    ip = client_ip
+    raw_ip = _first(q, "ip")
+    if raw_ip:
+        # A hostname here would make the tracker hand out whatever a client claims; only literals count.
+        claimed = ip_literal(raw_ip.decode("latin-1"))
+        if claimed is not None:
+            ip = claimed
+    normalized = ip_literal(ip)
+    if normalized is None:
+        raise AnnounceError("cannot determine the peer's IP address")
+    return Announce(
+        info_hash=info_hash,
+        peer_id=peer_id,
+        ip=normalized,
+        port=port,
+        uploaded=uploaded,
+        downloaded=downloaded,
+        left=left,
+        event=event,
+        numwant=None if numwant < 0 else numwant,
+        compact=_flag(q, "compact", True),
+        no_peer_id=_flag(q, "no_peer_id", False),
+    )
+
+
+def parse_scrape(raw_query: bytes | str) -> list[bytes]:
+    """BEP 48: zero or more info_hash parameters, each 20 raw bytes; duplicates collapse."""
+    q = parse_query(raw_query)
+    hashes = q.get("info_hash", [])
+    for h in hashes:
+        if len(h) != 20:
+            raise AnnounceError(f"invalid info_hash: expected 20 bytes, got {len(h)}")
+    if len(hashes) > 1000:
+        raise AnnounceError("too many info_hash parameters")
+    return list(dict.fromkeys(hashes))
+
+
+def compact_peers(peers: Iterable[Peer]) -> tuple[bytes, bytes]:
+    """BEP 23 `peers` (6 bytes per IPv4 peer) and BEP 7 `peers6` (18 bytes per IPv6 peer)."""
+    v4 = bytearray()
+    v6 = bytearray()
+    for p in peers:
+        addr = ipaddress.ip_address(p.ip)
+        port = p.port.to_bytes(2, "big")
+        if addr.version == 4:
+            v4 += addr.packed + port
+        else:
+            v6 += addr.packed + port
+    return bytes(v4), bytes(v6)
+
+
+def announce_response(
+    peers: Iterable[Peer],
+    counts: SwarmCounts,
+    interval: int,
+    min_interval: int,
+    compact: bool = True,
+    no_peer_id: bool = False,
+) -> bytes:
+    resp: dict[bytes, object] = {
+        b"interval": interval,
+        b"min interval": min_interval,
+        b"complete": counts.complete,
+        b"incomplete": counts.incomplete,
+        b"downloaded": counts.downloaded,
+    }
+    if compact:
+        v4, v6 = compact_peers(peers)
+        resp[b"peers"] = v4
+        if v6:
+            resp[b"peers6"] = v6
+    else:
+        out = []
+        for p in peers:
+            d: dict[bytes, object] = {b"ip": p.ip.encode("ascii"), b"port": p.port}
+            if not no_peer_id:
+                d[b"peer id"] = p.peer_id
+            out.append(d)
+        resp[b"peers"] = out
+    return bencode(resp)
+
+
+def scrape_response(files: Mapping[bytes, SwarmCounts]) -> bytes:
+    return bencode(
+        {
+            b"files": {
+                h: {b"complete": c.complete, b"downloaded": c.downloaded, b"incomplete": c.incomplete}
+                for h, c in files.items()
+            }
+        }
+    )
+
+
+def failure(reason: str) -> bytes:
+    return bencode({b"failure reason": reason.encode("utf-8")})

@@ -1,0 +1,59 @@
+"""Which peers an announcing node gets back (pure; one policy per function so each can be tuned alone)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
+from tracker.peers import Peer
+
+_RNG = random.Random()
+
+
+def clamp_numwant(numwant: int | None) -> int:
+    if numwant is None:
+        return DEFAULT_NUMWANT
+    return max(0, min(numwant, MAX_NUMWANT))
+
+
+def others(requester: Peer, candidates: Sequence[Peer]) -> list[Peer]:
+    """Everyone but the requester: neither its peer_id nor its ip:port (a restart changes the peer_id)."""
+    return [p for p in candidates if p.peer_id != requester.peer_id and p.addr != requester.addr]
+
+
+def random_mix(
+    requester: Peer, candidates: Sequence[Peer], numwant: int | None, rng: random.Random | None = None
+) -> list[Peer]:
+    """The default policy.
+
+    A seeder gets only leechers: two seeders have nothing to trade. A leecher gets a random sample with
+    at least a quarter of the slots (and at least one) reserved for seeders when there are any, so that a
+    fresh swarm always reaches a full copy, while most slots go to leechers to spread upload across the
+    swarm instead of piling every node onto the seed.
+    """
+    rng = rng or _RNG
+    want = clamp_numwant(numwant)
+    pool = others(requester, candidates)
+    if requester.seeder:
+        pool = [p for p in pool if not p.seeder]
+    if want == 0 or not pool:
+        return []
+    if len(pool) <= want:
+        rng.shuffle(pool)
+        return pool
+    if requester.seeder:
+        return rng.sample(pool, want)
+    seeders = [p for p in pool if p.seeder]
+    leechers = [p for p in pool if not p.seeder]
+    n_seeders = min(len(seeders), max(1, want // 4)) if seeders else 0
+    n_leechers = min(len(leechers), want - n_seeders)
+    # Few leechers: give the unused slots to more seeders rather than return a short list.
+    n_seeders = min(len(seeders), want - n_leechers)
+    chosen = rng.sample(seeders, n_seeders) + rng.sample(leechers, n_leechers)
+    rng.shuffle(chosen)
+    return chosen
+
+
+# The policy the tracker uses; swap the function to change it.
+select_peers = random_mix

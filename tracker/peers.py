@@ -1,0 +1,104 @@
+"""The peer table: soft state rebuilt from announces, kept in memory.
+
+Nothing here is persisted on purpose: after a restart every client re-announces within one interval,
+so the table refills by itself. `PeerStore` is the whole interface the tracker uses, so a shared store
+(several tracker replicas) can replace the in-memory one without touching the routes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Peer:
+    peer_id: bytes
+    ip: str
+    port: int
+    left: int
+    last_seen: float = 0.0
+
+    @property
+    def seeder(self) -> bool:
+        return self.left == 0
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.ip, self.port)
+
+
+@dataclass(frozen=True)
+class SwarmCounts:
+    complete: int  # seeders
+    incomplete: int  # leechers
+    downloaded: int  # "completed" events seen by this process (BEP 48)
+
+
+class PeerStore:
+    """In-memory peers per info-hash, keyed by peer_id; safe to call from any thread."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._swarms: dict[bytes, dict[bytes, Peer]] = {}
+        self._downloaded: dict[bytes, int] = {}
+
+    def upsert(self, info_hash: bytes, peer: Peer, completed: bool = False) -> None:
+        with self._lock:
+            swarm = self._swarms.setdefault(info_hash, {})
+            old = swarm.get(peer.peer_id)
+            if old is None or old.addr != peer.addr:
+                # A restarted client announces with a new peer_id from the same ip:port; without this the
+                # dead entry would be handed out until it expires.
+                for pid in [
+                    p.peer_id for p in swarm.values() if p.addr == peer.addr and p.peer_id != peer.peer_id
+                ]:
+                    del swarm[pid]
+            swarm[peer.peer_id] = peer
+            if completed:
+                self._downloaded[info_hash] = self._downloaded.get(info_hash, 0) + 1
+
+    def remove(self, info_hash: bytes, peer_id: bytes) -> None:
+        with self._lock:
+            swarm = self._swarms.get(info_hash)
+            if swarm is not None:
+                swarm.pop(peer_id, None)
+                if not swarm:
+                    del self._swarms[info_hash]
+
+    def peers_for(self, info_hash: bytes, now: float | None = None) -> list[Peer]:
+        """Live peers of one swarm; stale ones are skipped even before `expire` runs."""
+        cutoff = (time.time() if now is None else now) - self.ttl
+        with self._lock:
+            swarm = self._swarms.get(info_hash)
+            if not swarm:
+                return []
+            return [p for p in swarm.values() if p.last_seen >= cutoff]
+
+    def counts(self, info_hash: bytes, now: float | None = None) -> SwarmCounts:
+        peers = self.peers_for(info_hash, now)
+        seeders = sum(1 for p in peers if p.seeder)
+        with self._lock:
+            downloaded = self._downloaded.get(info_hash, 0)
+        return SwarmCounts(complete=seeders, incomplete=len(peers) - seeders, downloaded=downloaded)
+
+    def info_hashes(self) -> list[bytes]:
+        with self._lock:
+            return list(self._swarms)
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop peers not heard from within `ttl`; returns how many were dropped."""
+        cutoff = (time.time() if now is None else now) - self.ttl
+        dropped = 0
+        with self._lock:
+            for info_hash in list(self._swarms):
+                swarm = self._swarms[info_hash]
+                stale = [pid for pid, p in swarm.items() if p.last_seen < cutoff]
+                for pid in stale:
+                    del swarm[pid]
+                dropped += len(stale)
+                if not swarm:
+                    del self._swarms[info_hash]
+        return dropped
