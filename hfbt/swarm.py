@@ -97,6 +97,15 @@ class Swarm:
 
     def __init__(self, cfg: SwarmConfig, resume_dir: Path | None = None) -> None:
         self._ses = lt.session(session_settings(cfg))
+        if cfg.upload_mbit or cfg.download_mbit:
+            # libtorrent exempts LAN peers from rate limits (its "local" peer class); in a cluster
+            # every peer is on the LAN, so an operator's cap must cover them all.
+            everyone = lt.ip_filter()
+            everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+            everyone.add_rule(
+                "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id
+            )
+            self._ses.set_peer_class_filter(everyone)
         self._resume_dir = resume_dir
         if resume_dir:
             resume_dir.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,11 @@ the real huggingface_hub client reads the result offline."""
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import httpx
 import pytest
 from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 
-from tests.conftest import DATASET, MODEL, Deployment, files_of, run_hfbt
+from hfbt.cluster import LocalCluster
+from tests.conftest import DATASET, MODEL, Deployment, files_of, make_origin, run_hfbt
 
 
 def origin_stats(d: Deployment) -> dict:
@@ -94,8 +98,13 @@ def test_second_pull_is_a_no_op_and_new_revision_moves_only_the_changed_file(
     assert first.returncode == 0, first.stderr
     old_snap = Path(first.stdout.strip().splitlines()[-1])
 
+    tracker_log = next(p for p in deployment.cluster.procs if p.name == "tracker")
+    node_calls = lambda: len(re.findall(r"path=/api/v1/(?:manifest|torrents)", tracker_log.log_text()))  # noqa: E731
+    api_calls = node_calls()
     again = run_hfbt(*pull_args(deployment, cache, MODEL, "--agent", "none"))
     assert again.returncode == 0 and Path(again.stdout.strip().splitlines()[-1]) == old_snap
+    # A complete revision costs the node exactly one tracker request.
+    assert node_calls() - api_calls == 1
 
     httpx.post(f"{deployment.cluster.origin_url}/_hfbt/stats/reset")
     (deployment.model_dir / "config.json").write_text('{"model_type": "llama", "changed": true}\n')
@@ -165,3 +174,48 @@ def test_pull_help_lists_env_vars() -> None:
         [sys.executable, "-m", "hfbt", "pull", "--help"], capture_output=True, text=True
     ).stdout
     assert "HFBT_TRACKER" in out and "HFBT_CACHE_DIR" in out
+
+
+def test_killed_pull_leaves_no_partial_file_under_a_final_name_and_resumes(tmp_path: Path) -> None:
+    root = make_origin(tmp_path / "origin")
+    with LocalCluster(tmp_path / "run") as cluster:
+        cluster.start_origin(root)
+        cluster.start_tracker(ref_ttl=300)
+        cluster.start_seed(extra=("--upload-mbit", "24"))  # ~3 MB/s: the pull is still running when killed
+        cache = tmp_path / "cache"
+        args = [
+            "pull",
+            MODEL,
+            "--tracker",
+            cluster.tracker_url,
+            "--cache-dir",
+            str(cache),
+            "--agent",
+            "none",
+            "-q",
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hfbt", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        blobs = cache / "models--acme--tiny" / "blobs"
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(".hfbt-partial") and p.stat().st_size for p in blobs.glob("*")):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "the pull ended before it could be killed"
+            )
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        shards = {p: b for p, b in files_of(root / "models" / MODEL).items() if p.endswith(".safetensors")}
+        for blob in blobs.iterdir():
+            # Whatever sits under a final name is complete and correct.
+            if not blob.name.endswith(".hfbt-partial"):
+                assert blob.read_bytes() in files_of(root / "models" / MODEL).values()
+        assert any(p.name.endswith(".hfbt-partial") for p in blobs.iterdir())
+        assert not (cache / "models--acme--tiny" / "refs" / "main").exists()
+        assert scan_cache_dir(cache).warnings == []
+        again = run_hfbt(*args, timeout=180)
+        assert again.returncode == 0, again.stderr
+        snap = Path(again.stdout.strip().splitlines()[-1])
+        assert {p: b for p, b in files_of(snap).items() if p in shards} == shards
+        assert_cache_valid(cache)
