@@ -304,6 +304,14 @@ def serve_dir(
     port: Annotated[
         int, typer.Option("--port", help="HTTP port.", envvar="HFBT_ORIGIN_PORT")
     ] = C.ORIGIN_PORT,
+    max_mbit: Annotated[
+        float,
+        typer.Option(
+            "--max-mbit",
+            help="Pace all downloads to this many Mbit/s (0 = unlimited).",
+            envvar="HFBT_ORIGIN_MAX_MBIT",
+        ),
+    ] = 0.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos)."""
@@ -312,7 +320,11 @@ def serve_dir(
 
     if not directory.is_dir():
         _fail(HfbtError("BadRequest", f"{directory} is not a folder"))
-    serve(C.OriginConfig(directory=directory, repo=repo, repo_type=repo_type, host=host, port=port))
+    serve(
+        C.OriginConfig(
+            directory=directory, repo=repo, repo_type=repo_type, host=host, port=port, max_mbit=max_mbit
+        )
+    )
 
 
 @app.command()

@@ -85,9 +85,11 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def start_origin(self, directory: Path, repo: str | None = None, repo_type: str = "model") -> str:
+    def start_origin(
+        self, directory: Path, repo: str | None = None, repo_type: str = "model", extra: tuple[str, ...] = ()
+    ) -> str:
         port = free_port()
-        args = ["serve-dir", str(directory), "--port", str(port)]
+        args = ["serve-dir", str(directory), "--port", str(port), *extra]
         if repo:
             args += ["--repo", repo, "--repo-type", repo_type]
         proc = self.spawn("origin", *args)

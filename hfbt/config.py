@@ -57,6 +57,7 @@ class OriginConfig:
     repo_type: str = "model"
     host: str = DEFAULT_HOST
     port: int = ORIGIN_PORT
+    max_mbit: float = 0.0  # pace all responses together, like one slow uplink; 0 = unlimited
 
 
 @dataclass

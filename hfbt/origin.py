@@ -17,6 +17,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -366,6 +367,7 @@ class _Req:
 def create_app(cfg: OriginConfig) -> FastAPI:
     origin = Origin(cfg)
     stats = Stats()
+    limit = RateLimit(cfg.max_mbit)
     app = FastAPI(title="hfbt origin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.origin = origin
     app.state.stats = stats
@@ -382,7 +384,7 @@ def create_app(cfg: OriginConfig) -> FastAPI:
     async def hub(request: Request) -> Response:
         try:
             req = await _read_request(request)
-            return await run_in_threadpool(_route, origin, stats, req)
+            return await run_in_threadpool(_route, origin, stats, limit, req)
         except HubError as e:
             return e.response()
         except ManifestError as e:
@@ -437,13 +439,13 @@ async def _read_request(request: Request) -> _Req:
     )
 
 
-def _route(origin: Origin, stats: Stats, req: _Req) -> Response:
+def _route(origin: Origin, stats: Stats, limit: RateLimit, req: _Req) -> Response:
     segs = req.segs
     if len(segs) >= 3 and segs[0] == "api" and segs[1] in ("models", "datasets"):
         return _api(origin, req, segs[1][:-1], segs[2:])
     if segs and segs[0] == "datasets":
-        return _resolve(origin, stats, req, "dataset", segs[1:])
-    return _resolve(origin, stats, req, "model", segs)
+        return _resolve(origin, stats, limit, req, "dataset", segs[1:])
+    return _resolve(origin, stats, limit, req, "model", segs)
 
 
 def _split_repo(
@@ -619,7 +621,9 @@ def _decode_cursor(value: str | None) -> int:
 # --- /resolve --------------------------------------------------------------------------------------------
 
 
-def _resolve(origin: Origin, stats: Stats, req: _Req, repo_type: str, rest: list[str]) -> Response:
+def _resolve(
+    origin: Origin, stats: Stats, limit: RateLimit, req: _Req, repo_type: str, rest: list[str]
+) -> Response:
     repo_id, tail = _split_repo(origin, repo_type, rest, frozenset({"resolve"}))
     if len(tail) < 3 or tail[0] != "resolve" or req.method == "POST":
         raise _not_found()
@@ -650,7 +654,7 @@ def _resolve(origin: Origin, stats: Stats, req: _Req, repo_type: str, rest: list
         raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": snap.commit}) from e
     key = f"{repo_type}/{repo_id}/{path}"
     stats.count_request()
-    body = _stream(fh, start, end - start, lambda n: stats.add(key, n))
+    body = _stream(fh, start, end - start, lambda n: stats.add(key, n), limit)
     return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
 
 
@@ -700,11 +704,14 @@ def _unsatisfiable(value: str, size: int, commit: str) -> HubError:
     return HubError(416, f"range {value!r} not satisfiable for a file of {size} bytes", headers=headers)
 
 
-def _stream(f: BinaryIO, start: int, length: int, sent: Callable[[int], None]) -> Iterator[bytes]:
+def _stream(
+    f: BinaryIO, start: int, length: int, sent: Callable[[int], None], limit: RateLimit
+) -> Iterator[bytes]:
     with f:
         f.seek(start)
         while length > 0:
-            chunk = f.read(min(STREAM_CHUNK, length))
+            chunk = f.read(min(limit.chunk, length))
+            limit.take(len(chunk))
             if not chunk:
                 return  # the file shrank under us: the short body makes the client resume with a Range
             yield chunk
@@ -712,6 +719,27 @@ def _stream(f: BinaryIO, start: int, length: int, sent: Callable[[int], None]) -
             # actually handed to the socket; a download cut off mid-way counts what went out.
             sent(len(chunk))
             length -= len(chunk)
+
+
+class RateLimit:
+    """One pace for all responses together, like a single slow uplink (--max-mbit; 0 = unlimited)."""
+
+    def __init__(self, mbit: float) -> None:
+        self.rate = mbit * 1_000_000 / 8
+        # Small chunks under a cap keep concurrent responses interleaved instead of bursty.
+        self.chunk = STREAM_CHUNK if not self.rate else max(16 * 1024, min(STREAM_CHUNK, int(self.rate / 20)))
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + n / self.rate
+        if slot > now:
+            time.sleep(slot - now)
 
 
 def _ascii(name: str) -> str:

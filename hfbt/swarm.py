@@ -74,6 +74,9 @@ def session_settings(cfg: SwarmConfig) -> dict:
         "connections_limit": 2000,
         "min_announce_interval": 5,
         "min_reconnect_time": 2,
+        # Peer connections are attempted on the session tick: 500 ms by default, which put a
+        # ~1 s floor under every blob, however small.
+        "tick_interval": 100,
         "peer_connect_timeout": 5,
         "max_out_request_queue": 1500,
         "max_allowed_in_request_queue": 4000,

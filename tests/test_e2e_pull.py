@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -219,3 +220,35 @@ def test_killed_pull_leaves_no_partial_file_under_a_final_name_and_resumes(tmp_p
         snap = Path(again.stdout.strip().splitlines()[-1])
         assert {p: b for p, b in files_of(snap).items() if p in shards} == shards
         assert_cache_valid(cache)
+
+
+def _event_time(log: str, event: str, path: str) -> datetime:
+    for line in log.splitlines():
+        if f"event={event} " in line and f"path={path} " in line:
+            return datetime.strptime(line.split("ts=", 1)[1][:23], "%Y-%m-%d %H:%M:%S,%f")
+    raise AssertionError(f"no {event} for {path} in the log")
+
+
+def test_nodes_start_on_shard_1_while_shard_2_still_comes_from_the_origin(tmp_path: Path) -> None:
+    root = make_origin(tmp_path / "origin")
+    with LocalCluster(tmp_path / "run") as cluster:
+        cluster.start_origin(root, extra=("--max-mbit", "20"))  # a slow Hub link: ~4 s per shard
+        cluster.start_tracker(ref_ttl=300)
+        seed = cluster.start_seed(extra=("--parallel-files", "1"))
+        node = cluster.start_agent("node1")
+        r = run_hfbt(
+            "pull",
+            MODEL,
+            "--tracker",
+            cluster.tracker_url,
+            "--cache-dir",
+            str(node.cache_dir),
+            "--agent",
+            node.url,
+            "-q",
+        )
+        assert r.returncode == 0, r.stderr
+        shard1, shard2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+        published = _event_time(node.proc.log_text(), "blob_published", shard1)
+        shard2_mirrored = _event_time(seed.log_text(), "blob_mirrored", shard2)
+        assert published < shard2_mirrored

@@ -34,7 +34,7 @@ from hfbt.trackerclient import TrackerClient
 log = logging.getLogger("hfbt.node")
 
 Emit = Callable[[dict], None]
-POLL_S = 0.25
+POLL_S = 0.3
 REANNOUNCE_S = 3.0
 
 
@@ -138,13 +138,11 @@ class Node:
                 emit(self._progress(selected, done, downloads))
                 last_emit = now
             _check_deadline(deadline, req)
+            time.sleep(POLL_S)
             if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
                 # The seed publishes file by file: look again for the torrents it has added since.
                 # By commit: asking by branch again could start a new resolve job on the tracker.
                 reply = self.tracker.manifest(req.repo_type, req.repo_id, manifest.commit, wait=0)
-                time.sleep(1.0)
-            else:
-                time.sleep(POLL_S)
         if not is_commit(req.revision):
             cache.write_ref(repo, req.revision, manifest.commit)
         snap = cache.snapshot_dir(repo, manifest.commit)
