@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 
@@ -92,6 +93,20 @@ def write_empty_blob(repo: Path, entry: FileEntry) -> None:
     if not verify_blob(tmp, entry):
         tmp.unlink()
         raise ValueError(f"{entry.path}: etag {entry.etag} is not the hash of an empty file")
+    os.replace(tmp, final)
+
+
+def import_blob(repo: Path, entry: FileEntry, source: Path) -> None:
+    """Publish a verified blob that already sits elsewhere on this machine: hard link, else copy."""
+    final = blob_path(repo, entry.etag)
+    if final.is_file() and final.stat().st_size == entry.size:
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{entry.etag}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
     os.replace(tmp, final)
 
 

@@ -263,6 +263,10 @@ def pull(
         ),
     ] = "auto",
     node_name: NodeName = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Your Hub token: needed for private or gated repos.", envvar="HF_TOKEN"),
+    ] = None,
     bt_port: BtPort = 0,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up after this many seconds.")
@@ -279,7 +283,9 @@ def pull(
     node = _node_config(
         tracker, cache_dir, state_dir, auth_token, node_name, C.SwarmConfig(listen_port=bt_port)
     )
-    req = PullRequest(repo_id, repo_type, revision, tuple(include or ()), tuple(exclude or ()), timeout)
+    req = PullRequest(
+        repo_id, repo_type, revision, tuple(include or ()), tuple(exclude or ()), timeout, token
+    )
     agent_url = {"auto": C.DEFAULT_AGENT, "none": None}.get(agent, agent)
     try:
         with PullProgress(f"{repo_id}@{revision}", enabled=not quiet) as emit:
@@ -312,6 +318,14 @@ def serve_dir(
             envvar="HFBT_ORIGIN_MAX_MBIT",
         ),
     ] = 0.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Serve the repos as private: readable only with this Bearer token.",
+            envvar="HFBT_ORIGIN_TOKEN",
+        ),
+    ] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos)."""
@@ -322,7 +336,13 @@ def serve_dir(
         _fail(HfbtError("BadRequest", f"{directory} is not a folder"))
     serve(
         C.OriginConfig(
-            directory=directory, repo=repo, repo_type=repo_type, host=host, port=port, max_mbit=max_mbit
+            directory=directory,
+            repo=repo,
+            repo_type=repo_type,
+            host=host,
+            port=port,
+            max_mbit=max_mbit,
+            token=token,
         )
     )
 

@@ -69,7 +69,7 @@ class LocalCluster:
 
     # --- processes -------------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str) -> Proc:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
@@ -77,7 +77,7 @@ class LocalCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=self.workdir,
                 start_new_session=True,  # Ctrl-C on the demo must not reach the children first
             )
@@ -86,13 +86,18 @@ class LocalCluster:
         return proc
 
     def start_origin(
-        self, directory: Path, repo: str | None = None, repo_type: str = "model", extra: tuple[str, ...] = ()
+        self,
+        directory: Path,
+        repo: str | None = None,
+        repo_type: str = "model",
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> str:
         port = free_port()
         args = ["serve-dir", str(directory), "--port", str(port), *extra]
         if repo:
             args += ["--repo", repo, "--repo-type", repo_type]
-        proc = self.spawn("origin", *args)
+        proc = self.spawn("origin", *args, env=env)
         self.origin_url = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{self.origin_url}/_hfbt/stats")
         return self.origin_url
@@ -118,7 +123,9 @@ class LocalCluster:
         self._wait_http(proc, f"{self.tracker_url}/healthz")
         return self.tracker_url
 
-    def start_seed(self, name: str = "seed", extra: tuple[str, ...] = ()) -> Proc:
+    def start_seed(
+        self, name: str = "seed", extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> Proc:
         args = [
             "seed",
             "--tracker", self.tracker_url,
@@ -130,7 +137,7 @@ class LocalCluster:
             *self._auth(),
             *extra,
         ]  # fmt: skip
-        proc = self.spawn(name, *args)
+        proc = self.spawn(name, *args, env=env)
         self._wait_log(proc, "event=seed_registered")
         return proc
 

@@ -58,6 +58,7 @@ class OriginConfig:
     host: str = DEFAULT_HOST
     port: int = ORIGIN_PORT
     max_mbit: float = 0.0  # pace all responses together, like one slow uplink; 0 = unlimited
+    token: str | None = field(default=None, repr=False)  # set: every repo is private, readable with it
 
 
 @dataclass

@@ -35,13 +35,14 @@ class Origin:
         self.cache_dir = cache_dir
         self._api = HfApi(endpoint=self.endpoint, token=token)
 
-    def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
+    def resolve(self, repo_type: str, repo_id: str, revision: str) -> tuple[str, bool]:
+        """(commit, access-controlled): private and gated repos are both kept from nodes without access."""
         info = _origin_call(
             lambda: self._api.repo_info(repo_id, revision=revision, repo_type=repo_type), repo_id
         )
         if not info.sha:
             raise HfbtError("OriginError", f"the origin gave no commit for {repo_id}@{revision}")
-        return info.sha
+        return info.sha, bool(info.private or getattr(info, "gated", False))
 
     def list_files(self, repo_type: str, repo_id: str, commit: str) -> list[FileEntry]:
         def call() -> list[FileEntry]:

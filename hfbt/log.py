@@ -29,5 +29,6 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; URLs may carry passkeys and add nothing for an operator.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # huggingface_hub 2.x logs through httpx2
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
 from pathlib import PurePosixPath
 
@@ -127,7 +127,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     refs: tuple[str, ...] = ()
     complete: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
+    # Private or gated on the origin: the tracker hands it only to nodes whose Hub token the origin accepts.
+    private: bool = False
 
     def validate(self) -> Manifest:
         check_repo_type(self.repo_type)
@@ -157,6 +158,7 @@ class Manifest:
             "commit": self.commit,
             "refs": list(self.refs),
             "complete": self.complete,
+            "private": self.private,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -180,6 +182,7 @@ class Manifest:
                 files=files,
                 refs=tuple(data.get("refs") or ()),
                 complete=bool(data.get("complete", False)),
+                private=bool(data.get("private", False)),
             ).validate()
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ManifestError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import stat
 import threading
@@ -384,6 +385,11 @@ def create_app(cfg: OriginConfig) -> FastAPI:
     async def hub(request: Request) -> Response:
         try:
             req = await _read_request(request)
+            if cfg.token is not None and not hmac.compare_digest(
+                req.headers.get("authorization", ""), f"Bearer {cfg.token}"
+            ):
+                # What the Hub answers for a private repo without access: it does not confirm it exists.
+                raise HubError(401, "Repository not found", "RepoNotFound")
             return await run_in_threadpool(_route, origin, stats, limit, req)
         except HubError as e:
             return e.response()
@@ -494,7 +500,7 @@ def _info(origin: Origin, req: _Req, repo_type: str, repo_id: str, revision: str
         "sha": snap.commit,
         "lastModified": snap.last_modified,
         "createdAt": snap.last_modified,
-        "private": False,
+        "private": origin.cfg.token is not None,
         "disabled": False,
         "gated": False,
         "downloads": 0,

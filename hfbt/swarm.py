@@ -127,7 +127,13 @@ class Swarm:
     # --- adding and removing -------------------------------------------------------------------
 
     def add(
-        self, torrent: bytes, save_path: Path, *, file_name: str | None = None, seeding: bool = False
+        self,
+        torrent: bytes,
+        save_path: Path,
+        *,
+        file_name: str | None = None,
+        seeding: bool = False,
+        trackers: list[str] | None = None,
     ) -> str:
         """Join a blob's swarm; returns its info-hash. Idempotent per info-hash.
 
@@ -142,6 +148,8 @@ class Swarm:
             params = self._resume_params(ih) or lt.add_torrent_params()
             params.ti = ti
             params.save_path = str(save_path)
+            if trackers:
+                params.trackers = trackers
             if file_name and file_name != ti.name():
                 params.renamed_files = {0: file_name}
             flags = params.flags & ~lt.torrent_flags.paused & ~lt.torrent_flags.auto_managed

@@ -48,11 +48,14 @@ class TrackerClient:
 
     # --- nodes ---
 
-    def manifest(self, repo_type: str, repo_id: str, revision: str, wait: float = 20.0) -> ManifestReply:
+    def manifest(
+        self, repo_type: str, repo_id: str, revision: str, wait: float = 20.0, hf_token: str | None = None
+    ) -> ManifestReply:
         r = self._call(
             "GET",
             "/api/v1/manifest",
             params={"repo_type": repo_type, "repo_id": repo_id, "revision": revision, "wait": wait},
+            headers=_hub_auth(hf_token),
         )
         body = r.json()
         if r.status_code == 202:
@@ -62,10 +65,13 @@ class TrackerClient:
         except (KeyError, ManifestError) as e:
             raise HfbtError("BadManifest", f"the tracker sent a manifest hfbt refuses: {e}") from None
 
-    def torrent(self, info_hash: str) -> bytes:
-        return self._call("GET", f"/api/v1/torrents/{info_hash}.torrent").content
+    def torrent(self, info_hash: str, hf_token: str | None = None) -> bytes:
+        return self._call("GET", f"/api/v1/torrents/{info_hash}.torrent", headers=_hub_auth(hf_token)).content
 
     # --- seeds ---
+
+    def announce_url(self) -> str:
+        return self._call("GET", "/api/v1/announce-url").json()["announce"]
 
     def register_seed(self, seed_id: str, origin: str) -> None:
         self._call("POST", "/api/v1/seeds", json={"seed_id": seed_id, "origin": origin})
@@ -97,3 +103,8 @@ class TrackerClient:
         else:
             body.update(error=error, detail=detail)
         self._call("POST", f"/api/v1/jobs/{job_id}/result", json=body)
+
+
+def _hub_auth(hf_token: str | None) -> dict[str, str]:
+    # The node's own Hub token, for private repos: the tracker checks it with the origin, never stores it.
+    return {"X-HF-Token": hf_token} if hf_token else {}

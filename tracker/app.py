@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, ManifestError, check_repo_id, check_repo_type, check_revision, is_commit
 from tracker import announce as bt
+from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
 from tracker.handout import select_peers
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
@@ -96,6 +97,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     peers = PeerStore(ttl=2 * cfg.announce_interval)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
     auth = Auth(cfg.auth_token)
+    access = AccessChecker(registry.origin_url)
     interval = max(1, int(cfg.announce_interval))
     min_interval = max(1, interval // 2)
 
@@ -216,18 +218,46 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
 
+    async def require_hub_access(repo_type: str, repo_id: str, hf_token: str | None) -> None:
+        if not hf_token:
+            raise ApiError(
+                403,
+                "GatedRepo",
+                f"{repo_id} is private on the origin: pass a Hub token that can read it (HF_TOKEN)",
+            )
+        try:
+            ok = await access.allowed(repo_type, repo_id, hf_token)
+        except AccessUnverifiable as e:
+            raise ApiError(503, "OriginError", f"cannot check access to private {repo_id}: {e}") from None
+        if not ok:
+            raise ApiError(403, "GatedRepo", f"the origin does not let this Hub token read {repo_id}")
+
+    async def require_any_hub_access(repos: list[tuple[str, str]], hf_token: str | None) -> None:
+        denied: ApiError | None = None
+        for repo_type, repo_id in repos:
+            try:
+                await require_hub_access(repo_type, repo_id, hf_token)
+                return
+            except ApiError as e:
+                denied = e
+        assert denied is not None
+        raise denied
+
     @api.get("/manifest")
     async def manifest(
         repo_type: str = Query(default="model"),
         repo_id: str = Query(),
         revision: str = Query(default="main"),
         wait: float = Query(default=20.0),
+        x_hf_token: str | None = Header(default=None),
     ) -> Response:
         try:
             found = await scheduler.get_manifest(repo_type, repo_id, revision, wait)
         except MirrorFailed as e:
             raise ApiError(e.status, e.code, e.detail) from None
         if found.manifest is not None:
+            if found.manifest.private:
+                await require_hub_access(repo_type, repo_id, x_hf_token)
             return JSONResponse({"status": found.status, "manifest": found.manifest.to_dict()})
         assert found.job is not None
         return JSONResponse(
@@ -240,7 +270,10 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
 
     @api.get("/torrents/{name}")
     async def get_torrent(
-        request: Request, name: str, x_hfbt_node: str | None = Header(default=None)
+        request: Request,
+        name: str,
+        x_hfbt_node: str | None = Header(default=None),
+        x_hf_token: str | None = Header(default=None),
     ) -> Response:
         m = _INFO_HASH_FILE.match(name)
         if not m:
@@ -251,10 +284,23 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         info = registry.get_torrent_info(m.group(1).lower())
         if info is None:
             raise ApiError(404, "NotFound", f"no torrent with info_hash {m.group(1).lower()}")
+        holders = registry.revisions_of_torrent(m.group(1).lower())
+        if holders and all(private for *_, private in holders):
+            # A blob only private repos hold: any one of them the token can read will do.
+            await require_any_hub_access(sorted({(t, r) for t, r, _, _ in holders}), x_hf_token)
         base = (cfg.public_url or str(request.base_url)).rstrip("/")
         return Response(
             torrent_file(base + auth.announce_path(node), info), media_type="application/x-bittorrent"
         )
+
+    @api.get("/announce-url")
+    async def announce_url(request: Request, x_hfbt_node: str | None = Header(default=None)) -> dict:
+        """The caller's announce URL, for seeds that add torrents they made themselves."""
+        node = x_hfbt_node or DEFAULT_NODE
+        if not valid_node_name(node):
+            raise ApiError(422, "BadRequest", "invalid X-HFBT-Node: letters, digits, '.', '_', '-' (max 64)")
+        base = (cfg.public_url or str(request.base_url)).rstrip("/")
+        return {"announce": base + auth.announce_path(node)}
 
     @api.post("/torrents")
     async def post_torrent(body: TorrentIn) -> dict:

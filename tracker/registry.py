@@ -25,6 +25,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
     repo_type TEXT NOT NULL, repo_id TEXT NOT NULL, commit_id TEXT NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL,
+    private INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (repo_type, repo_id, commit_id)
 );
 CREATE TABLE IF NOT EXISTS files (
@@ -191,9 +192,10 @@ class Registry:
                 rows,
             )
             db.execute(
-                "INSERT INTO revisions (repo_type, repo_id, commit_id, complete, created, updated)"
-                " VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT DO UPDATE SET updated=excluded.updated",
-                (*key, now, now),
+                "INSERT INTO revisions (repo_type, repo_id, commit_id, complete, created, updated, private)"
+                " VALUES (?, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET updated=excluded.updated, private=excluded.private",
+                (*key, now, now, int(manifest.private)),
             )
             self._update_complete(db, [key], now)
             if ref is not None and ref != manifest.commit:
@@ -222,7 +224,7 @@ class Registry:
         key = (repo_type, repo_id, commit)
         with self._lock:
             rev = self._db.execute(
-                "SELECT complete FROM revisions WHERE repo_type=? AND repo_id=? AND commit_id=?", key
+                "SELECT complete, private FROM revisions WHERE repo_type=? AND repo_id=? AND commit_id=?", key
             ).fetchone()
             if rev is None:
                 return None
@@ -241,7 +243,26 @@ class Registry:
             files=tuple(FileEntry(*row) for row in files),
             refs=tuple(r for (r,) in refs),
             complete=bool(rev[0]),
+            private=bool(rev[1]),
         )
+
+    def revisions_of_torrent(self, info_hash: str) -> list[tuple[str, str, str, bool]]:
+        """(repo_type, repo_id, commit, private) of every revision holding this blob torrent."""
+        return [
+            (t, r, c, bool(p))
+            for t, r, c, p in self._all(
+                "SELECT DISTINCT f.repo_type, f.repo_id, f.commit_id, v.private FROM files f"
+                " JOIN revisions v USING (repo_type, repo_id, commit_id) WHERE f.info_hash=?",
+                (info_hash,),
+            )
+        ]
+
+    def origin_url(self) -> str | None:
+        """The origin the most recently seen seed mirrors from (where node Hub tokens are checked)."""
+        row = self._all(
+            "SELECT origin FROM seeds WHERE origin IS NOT NULL ORDER BY last_seen DESC LIMIT 1", ()
+        )
+        return row[0][0] if row else None
 
     def list_revisions(self, repo_type: str | None = None, repo_id: str | None = None) -> list[dict]:
         rows = self._all(

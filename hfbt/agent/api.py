@@ -50,6 +50,7 @@ def create_app(node: Node) -> FastAPI:
                 include=tuple(body.get("include") or ()),
                 exclude=tuple(body.get("exclude") or ()),
                 timeout=body.get("timeout"),
+                token=body.get("token"),
             ).validate()
         except HfbtError as e:
             return JSONResponse({"error": e.code, "detail": e.message}, status_code=422)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt import cache
-from hfbt.agent.blobstore import BlobStore, PublishedBlob
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.manifest import (
@@ -28,6 +27,7 @@ from hfbt.manifest import (
     is_commit,
     select_files,
 )
+from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.swarm import Swarm, SwarmError
 from hfbt.trackerclient import TrackerClient
 
@@ -46,6 +46,7 @@ class PullRequest:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     timeout: float | None = None  # seconds; None waits as long as the swarm makes progress
+    token: str | None = field(default=None, repr=False)  # the caller's Hub token, for private repos
 
     def validate(self) -> PullRequest:
         try:
@@ -61,6 +62,7 @@ class PullRequest:
 class _Download:
     entry: FileEntry
     info_hash: str
+    torrent: bytes
     started: float = field(default_factory=time.monotonic)
     last_announce: float = field(default_factory=time.monotonic)
     finalizing: Future | None = None
@@ -71,7 +73,7 @@ class Node:
         self.cfg = cfg
         self.swarm = swarm
         self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=cfg.node_name)
-        self.blobs = BlobStore(cfg.state_dir / "blobs")
+        self.published = PublishedStore(cfg.state_dir / "published")
         self._finalize = ThreadPoolExecutor(2, thread_name_prefix="finalize")
         self._etag_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -82,22 +84,17 @@ class Node:
 
     def reseed(self) -> int:
         """Seed every blob this node published before, if it is still in the cache (no re-hash)."""
-        count = 0
-        for rec, torrent in self.blobs.all():
-            blob = Path(rec.blobs_dir) / rec.etag
-            if not (blob.is_file() and blob.stat().st_size == rec.size):
-                self.blobs.remove(rec.info_hash)
-                continue
-            self.swarm.add(torrent, Path(rec.blobs_dir), seeding=True)
-            count += 1
-        return count
+        found = self.published.all()
+        for rec, torrent in found:
+            self.swarm.add(torrent, Path(rec.path).parent, seeding=True)
+        return len(found)
 
     # --- pull ------------------------------------------------------------------------------------
 
     def pull(self, req: PullRequest, emit: Emit = lambda _e: None) -> Path:
         req.validate()
         deadline = None if req.timeout is None else time.monotonic() + req.timeout
-        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision)
+        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, hf_token=req.token)
         repo = cache.repo_dir(self.cfg.cache_dir, req.repo_type, req.repo_id)
         downloads: dict[str, _Download] = {}  # by etag
         done: set[str] = set()  # paths linked into the snapshot
@@ -106,7 +103,7 @@ class Node:
             if reply.manifest is None:
                 emit({"event": "waiting", "detail": _waiting_detail(reply.job)})
                 _check_deadline(deadline, req)
-                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision)
+                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, hf_token=req.token)
                 continue
             manifest = reply.manifest
             selected = select_files(manifest.files, req.include, req.exclude)
@@ -120,7 +117,7 @@ class Node:
                 if self._publish_if_local(repo, manifest.commit, f):
                     done.add(f.path)
                 elif f.info_hash and f.etag not in downloads:
-                    downloads[f.etag] = self._start(repo, f)
+                    downloads[f.etag] = self._start(repo, f, req.token)
             for f in selected:
                 if f.path in done or f.etag not in downloads:
                     continue
@@ -142,7 +139,9 @@ class Node:
             if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
                 # The seed publishes file by file: look again for the torrents it has added since.
                 # By commit: asking by branch again could start a new resolve job on the tracker.
-                reply = self.tracker.manifest(req.repo_type, req.repo_id, manifest.commit, wait=0)
+                reply = self.tracker.manifest(
+                    req.repo_type, req.repo_id, manifest.commit, wait=0, hf_token=req.token
+                )
         if not is_commit(req.revision):
             cache.write_ref(repo, req.revision, manifest.commit)
         snap = cache.snapshot_dir(repo, manifest.commit)
@@ -155,20 +154,20 @@ class Node:
             return True
         if f.size == 0:
             cache.write_empty_blob(repo, f)
-        elif not cache.has_blob(repo, f):
+        elif not cache.has_blob(repo, f) and not self._copy_from_other_repo(repo, f):
             return False
         # Only hfbt and the Hub client write final blob names, both after a complete download.
         cache.link_snapshot(repo, commit, f)
         return True
 
-    def _start(self, repo: Path, f: FileEntry) -> _Download:
+    def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
         assert f.info_hash
+        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token)
         if not self.swarm.has(f.info_hash):
-            torrent = self.tracker.torrent(f.info_hash)
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
             self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
             log.info("event=blob_join path=%s size=%d info_hash=%s", f.path, f.size, f.info_hash)
-        return _Download(f, f.info_hash)
+        return _Download(f, f.info_hash, torrent)
 
     def _finished(self, d: _Download) -> bool:
         try:
@@ -183,8 +182,22 @@ class Node:
             d.last_announce = now
         return False
 
+    def _copy_from_other_repo(self, repo: Path, f: FileEntry) -> bool:
+        """The same blob published under another repo of this cache (shared files): link it in.
+
+        One torrent per info-hash per session means the swarm cannot fetch it a second time.
+        """
+        found = self.published.get(f.etag)
+        if found is None or Path(found[0].path).parent == cache.blobs_dir(repo):
+            return False
+        with self._etag_lock(f.etag):
+            cache.import_blob(repo, f, Path(found[0].path))
+        return True
+
     def _finish(self, repo: Path, d: _Download) -> None:
         f = d.entry
+        if self._copy_from_other_repo(repo, f):
+            return
         with self._etag_lock(f.etag):
             final = cache.blob_path(repo, f.etag)
             if final.is_file() and final.stat().st_size == f.size:
@@ -196,8 +209,7 @@ class Node:
                 partial.unlink(missing_ok=True)
                 raise HfbtError("Integrity", f"{f.path}: downloaded bytes do not match {f.etag}; discarded")
             self.swarm.rename(d.info_hash, f.etag)
-            torrent = self.tracker.torrent(d.info_hash)
-            self.blobs.put(PublishedBlob(d.info_hash, f.etag, f.size, str(cache.blobs_dir(repo))), torrent)
+            self.published.put(PublishedBlob(f.etag, d.info_hash, f.size, str(final)), d.torrent)
             log.info(
                 "event=blob_published path=%s size=%d seconds=%.1f",
                 f.path,

@@ -19,12 +19,13 @@ from hfbt.config import SeedConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
 from hfbt.manifest import FileEntry, Manifest, ManifestError
-from hfbt.seed.store import SeededBlob, SeedStore
+from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.swarm import Swarm
 from hfbt.torrents import make_blob_torrent
 from hfbt.trackerclient import TrackerClient
 
 log = logging.getLogger("hfbt.seed")
+JOB_SLOTS = 4
 
 
 class SeedService:
@@ -34,8 +35,9 @@ class SeedService:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=f"seed-{self.seed_id}")
         self.origin = Origin(cfg.origin, cfg.token, cfg.data_dir / "hub")
-        self.store = SeedStore(cfg.data_dir / "torrents")
+        self.store = PublishedStore(cfg.data_dir / "published")
         self.swarm = Swarm(cfg.swarm)
+        self._announce: list[str] = []
         self._etag_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._files = ThreadPoolExecutor(max(1, cfg.parallel_files), thread_name_prefix="seed-file")
@@ -43,18 +45,14 @@ class SeedService:
     # --- lifecycle ---
 
     def run(self, stop: threading.Event) -> None:
-        self.reseed()
-        jobs = ThreadPoolExecutor(4, thread_name_prefix="seed-job")
-        slots = threading.Semaphore(4)
+        jobs = ThreadPoolExecutor(JOB_SLOTS, thread_name_prefix="seed-job")
+        slots = threading.Semaphore(JOB_SLOTS)
         registered = False
         while not stop.is_set():
             try:
                 if not registered:
-                    self.tracker.register_seed(self.seed_id, self.origin.endpoint)
+                    self._register()
                     registered = True
-                    log.info(
-                        "event=seed_registered seed_id=%s bt_port=%d", self.seed_id, self.swarm.listen_port
-                    )
                 if not slots.acquire(timeout=1):
                     continue
                 job = self.tracker.next_job(self.seed_id, wait=10)
@@ -69,18 +67,33 @@ class SeedService:
                 stop.wait(2)
         jobs.shutdown(wait=False, cancel_futures=True)
 
+    def _register(self) -> None:
+        self.tracker.register_seed(self.seed_id, self.origin.endpoint)
+        first = not self._announce
+        self._announce = [self.tracker.announce_url()]
+        count = self.reseed() if first else 0
+        log.info(
+            "event=seed_registered seed_id=%s bt_port=%d reseeded=%d",
+            self.seed_id,
+            self.swarm.listen_port,
+            count,
+        )
+
     def close(self) -> None:
         self._files.shutdown(wait=False, cancel_futures=True)
         self.swarm.close(save_resume=False)
         self.tracker.close()
 
-    def reseed(self) -> None:
+    def reseed(self) -> int:
         """After a restart: seed every blob mirrored before, without hashing it again."""
-        for rec in self.store.all():
-            try:
-                self.swarm.add(self.tracker.torrent(rec.info_hash), Path(rec.blob).parent, seeding=True)
-            except HfbtError as e:
-                log.warning("event=reseed_skipped etag=%s error=%r", rec.etag, str(e))
+        found = self.store.all()
+        for rec, torrent in found:
+            self._seed(rec, torrent)
+        return len(found)
+
+    def _seed(self, rec: PublishedBlob, torrent: bytes) -> None:
+        # Our own torrent plus this seed's announce URL: no tracker round trip (or Hub token check) per blob.
+        self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=self._announce)
 
     # --- one job ---
 
@@ -92,7 +105,7 @@ class SeedService:
             commit = self.mirror(rt, rid, rev, job["id"])
         except HfbtError as e:
             log.warning("event=mirror_failed job=%s code=%s detail=%r", job["id"], e.code, e.message)
-            self._report(job["id"], ok=False, error=e.code, detail=e.message)
+            self._report(job["id"], ok=False, error=_job_error(e.code), detail=e.message)
             return
         except Exception as e:  # a bug must fail the job, not leave nodes waiting forever
             log.exception("event=mirror_crashed job=%s", job["id"])
@@ -110,10 +123,10 @@ class SeedService:
             log.warning("event=job_result_lost job=%s error=%r", job_id, str(e))
 
     def mirror(self, repo_type: str, repo_id: str, revision: str, job_id: str | None = None) -> str:
-        commit = self.origin.resolve(repo_type, repo_id, revision)
+        commit, private = self.origin.resolve(repo_type, repo_id, revision)
         files = self.origin.list_files(repo_type, repo_id, commit)
         try:
-            manifest = Manifest(repo_type, repo_id, commit, tuple(files)).validate()
+            manifest = Manifest(repo_type, repo_id, commit, tuple(files), private=private).validate()
         except ManifestError as e:
             raise HfbtError(
                 "OriginError", f"the origin's file list for {repo_id}@{commit} is unusable: {e}"
@@ -133,35 +146,38 @@ class SeedService:
     def _mirror_blob(self, manifest: Manifest, entries: list[FileEntry]) -> None:
         first = entries[0]
         with self._etag_lock(first.etag):
-            rec = self.store.get(first.etag)
-            if rec is None:
-                t0 = time.monotonic()
-                blob = self.origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, first.path)
-                if not verify_blob(blob, first):
-                    blob.unlink(missing_ok=True)
-                    raise HfbtError(
-                        "OriginError", f"{first.path}: the origin sent bytes that do not match {first.etag}"
-                    )
-                torrent = make_blob_torrent(blob, first.etag)
-                rec = SeededBlob(first.etag, torrent.info_hash, str(blob), first.size)
-                log.info(
-                    "event=blob_mirrored path=%s size=%d seconds=%.1f",
-                    first.path,
-                    first.size,
-                    time.monotonic() - t0,
-                )
-                data = torrent.data
-            else:
-                data = None
+            found = self.store.get(first.etag)
+            if found is None:
+                found = self._fetch(manifest, first)
+            rec, torrent = found
+            fresh = not self.swarm.has(rec.info_hash)
+            if fresh:
+                self._seed(rec, torrent)
             for f in entries:
                 if f.info_hash != rec.info_hash:
-                    if data is None:
-                        data = make_blob_torrent(Path(rec.blob), rec.etag).data
-                    self.tracker.register_torrent(manifest, f.path, data)
-            self.store.put(rec)
-            if not self.swarm.has(rec.info_hash):
-                self.swarm.add(self.tracker.torrent(rec.info_hash), Path(rec.blob).parent, seeding=True)
+                    self.tracker.register_torrent(manifest, f.path, torrent)
+            if fresh:
+                # The tracker refused the first announce (private tracker, torrent not registered yet)
+                # and libtorrent would back off for ~15 s: announce again now that it is registered.
+                self.swarm.reannounce(rec.info_hash)
+
+    def _fetch(self, manifest: Manifest, f: FileEntry) -> tuple[PublishedBlob, bytes]:
+        t0 = time.monotonic()
+        blob = self.origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
+        if not verify_blob(blob, f):
+            blob.unlink(missing_ok=True)
+            raise HfbtError("OriginError", f"{f.path}: the origin sent bytes that do not match {f.etag}")
+        torrent = make_blob_torrent(blob, f.etag)
+        rec = PublishedBlob(f.etag, torrent.info_hash, f.size, str(blob))
+        self.store.put(rec, torrent.data)
+        log.info("event=blob_mirrored path=%s size=%d seconds=%.1f", f.path, f.size, time.monotonic() - t0)
+        return rec, torrent.data
 
     def _etag_lock(self, etag: str) -> threading.Lock:
         with self._locks_guard:
             return self._etag_locks.setdefault(etag, threading.Lock())
+
+
+def _job_error(code: str) -> str:
+    # The tracker knows three outcomes; a gated repo the seed cannot read is "not found" to the nodes.
+    return {"GatedRepo": "RepoNotFound", "EntryNotFound": "OriginError"}.get(code, code)
