@@ -20,7 +20,11 @@ from hfbt import config as C
 from hfbt.errors import HfbtError
 
 app = typer.Typer(
-    help="Hugging Face repos as private torrents: mirror once from the Hub, spread inside the cluster.",
+    help=(
+        "Hugging Face repos as private torrents: mirror once from the Hub, spread inside the cluster.\n\n"
+        "Every flag can also be set by the HFBT_* environment variable shown in each command's --help;"
+        " HF_TOKEN, HF_HOME and HF_HUB_CACHE mean what they mean to huggingface_hub."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -166,6 +170,7 @@ def _node_config(
     auth_token: str | None,
     node_name: str | None,
     swarm: C.SwarmConfig,
+    stall_timeout: float,
 ) -> C.NodeConfig:
     cache = (cache_dir or C.default_hf_cache()).expanduser().resolve()
     return C.NodeConfig(
@@ -175,9 +180,18 @@ def _node_config(
         auth_token=auth_token,
         node_name=node_name or socket.gethostname(),
         swarm=swarm,
+        stall_timeout=stall_timeout,
     )
 
 
+StallTimeout = Annotated[
+    float,
+    typer.Option(
+        "--stall-timeout",
+        help="Fail a pull after this many seconds without progress (0 = never).",
+        envvar="HFBT_STALL_TIMEOUT",
+    ),
+]
 CacheDir = Annotated[
     Path | None,
     typer.Option(
@@ -213,6 +227,7 @@ def agent(
     bt_port: BtPort = C.AGENT_BT_PORT,
     auth_token: AuthToken = None,
     node_name: NodeName = None,
+    stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
     upload_mbit: Annotated[
         float,
         typer.Option("--upload-mbit", help="Upload cap in Mbit/s (0 = none).", envvar="HFBT_UPLOAD_MBIT"),
@@ -232,7 +247,7 @@ def agent(
     swarm = C.SwarmConfig(
         listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit, download_mbit=download_mbit
     )
-    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm)
+    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
     serve(C.AgentConfig(node=node, host=host, port=port))
 
 
@@ -263,6 +278,7 @@ def pull(
         ),
     ] = "auto",
     node_name: NodeName = None,
+    stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Your Hub token: needed for private or gated repos.", envvar="HF_TOKEN"),
@@ -280,9 +296,8 @@ def pull(
     from hfbt.progress import PullProgress
     from hfbt.pull import run_pull
 
-    node = _node_config(
-        tracker, cache_dir, state_dir, auth_token, node_name, C.SwarmConfig(listen_port=bt_port)
-    )
+    swarm = C.SwarmConfig(listen_port=bt_port)
+    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
     req = PullRequest(
         repo_id, repo_type, revision, tuple(include or ()), tuple(exclude or ()), timeout, token
     )

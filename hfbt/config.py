@@ -21,6 +21,7 @@ DEFAULT_AGENT = f"http://{DEFAULT_HOST}:{AGENT_PORT}"
 DEFAULT_ORIGIN = "https://huggingface.co"
 REF_TTL_S = 30.0
 ANNOUNCE_INTERVAL_S = 30
+STALL_TIMEOUT_S = 300.0
 
 
 def default_hf_cache() -> Path:
@@ -91,6 +92,7 @@ class NodeConfig:
     auth_token: str | None = field(default=None, repr=False)
     node_name: str = "anonymous"
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    stall_timeout: float = STALL_TIMEOUT_S  # a pull with no progress for this long fails (0 = never)
 
 
 @dataclass

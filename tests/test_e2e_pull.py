@@ -252,3 +252,34 @@ def test_nodes_start_on_shard_1_while_shard_2_still_comes_from_the_origin(tmp_pa
         published = _event_time(node.proc.log_text(), "blob_published", shard1)
         shard2_mirrored = _event_time(seed.log_text(), "blob_mirrored", shard2)
         assert published < shard2_mirrored
+
+
+def test_a_blob_shared_by_two_repos_is_fetched_once_and_linked(deployment: Deployment) -> None:
+    import shutil
+
+    twin = deployment.origin_root / "models" / "acme" / "tiny-finetune"
+    shutil.copytree(deployment.model_dir, twin)
+    (twin / "config.json").write_text('{"model_type": "llama", "finetuned": true}\n')
+    node = deployment.cluster.start_agent("node1")
+    for repo in (MODEL, "acme/tiny-finetune"):
+        r = run_hfbt(*pull_args(deployment, node.cache_dir, repo, "--agent", node.url))
+        assert r.returncode == 0, r.stderr
+    snap = Path(r.stdout.strip().splitlines()[-1])
+    assert files_of(snap) == files_of(twin)
+    shard = "model-00001-of-00002.safetensors"
+    a = (node.cache_dir / "models--acme--tiny" / "snapshots").glob(f"*/{shard}")
+    b = snap / shard
+    assert next(a).resolve().stat().st_ino == b.resolve().stat().st_ino  # one copy on disk
+    assert_cache_valid(node.cache_dir)
+
+
+def test_pull_with_no_seed_fails_after_the_stall_timeout(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "run") as cluster:
+        cluster.start_origin(make_origin(tmp_path / "origin"))
+        cluster.start_tracker()
+        r = run_hfbt(
+            *["pull", MODEL, "--tracker", cluster.tracker_url, "--cache-dir", str(tmp_path / "c")],
+            *["--agent", "none", "--stall-timeout", "2", "-q"],
+        )
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "no progress" in r.stderr and "no seed is registered" in r.stderr

@@ -94,16 +94,20 @@ class Node:
     def pull(self, req: PullRequest, emit: Emit = lambda _e: None) -> Path:
         req.validate()
         deadline = None if req.timeout is None else time.monotonic() + req.timeout
-        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, hf_token=req.token)
+        wait = min(20.0, self.cfg.stall_timeout or 20.0)  # the tracker holds the call while it mirrors
+        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait, req.token)
         repo = cache.repo_dir(self.cfg.cache_dir, req.repo_type, req.repo_id)
         downloads: dict[str, _Download] = {}  # by etag
         done: set[str] = set()  # paths linked into the snapshot
         last_emit = 0.0
+        stall = _StallWatch(self.cfg.stall_timeout)
         while True:
             if reply.manifest is None:
-                emit({"event": "waiting", "detail": _waiting_detail(reply.job)})
+                detail = _waiting_detail(reply.job)
+                emit({"event": "waiting", "detail": detail})
                 _check_deadline(deadline, req)
-                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, hf_token=req.token)
+                stall.check(None, f"{req.repo_id}@{req.revision}: {detail}")
+                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait, req.token)
                 continue
             manifest = reply.manifest
             selected = select_files(manifest.files, req.include, req.exclude)
@@ -112,7 +116,7 @@ class Node:
                     "EntryNotFound", f"no file of {req.repo_id}@{manifest.commit} matches the filters"
                 )
             for f in selected:
-                if f.path in done:
+                if f.path in done or f.etag in downloads:
                     continue
                 if self._publish_if_local(repo, manifest.commit, f):
                     done.add(f.path)
@@ -132,8 +136,16 @@ class Node:
             if len(done) == len(selected):
                 break
             if now - last_emit >= 0.5:
-                emit(self._progress(selected, done, downloads))
+                progress = self._progress(selected, done, downloads)
+                emit(progress)
                 last_emit = now
+                missing = [f.path for f in selected if f.path not in done]
+                stall.check(
+                    (progress["files_done"], progress["done"]),
+                    f"{req.repo_id}@{manifest.commit[:12]}: no peer sent data for {', '.join(missing[:3])}"
+                    + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                    + " (is a seed running, and can it reach the origin?)",
+                )
             _check_deadline(deadline, req)
             time.sleep(POLL_S)
             if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
@@ -243,6 +255,22 @@ class Node:
             "files_total": len(selected),
             "rate": rate,
         }
+
+
+class _StallWatch:
+    """Fails a pull that has made no progress for `limit` seconds, instead of waiting forever."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._mark: object = None
+        self._since = time.monotonic()
+
+    def check(self, mark: object, why: str) -> None:
+        now = time.monotonic()
+        if mark != self._mark:
+            self._mark, self._since = mark, now
+        elif self.limit and now - self._since > self.limit:
+            raise HfbtError("Stalled", f"no progress for {now - self._since:.0f}s: {why}")
 
 
 def _waiting_detail(job: dict | None) -> str:
