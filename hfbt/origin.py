@@ -12,89 +12,53 @@ request (so edits show up at once as a new commit); file hashes are cached by (p
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlencode
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, QueryParams
-from starlette.routing import Match, Route
-from starlette.types import Scope
 
 from hfbt.config import OriginConfig
 from hfbt.hashing import git_blob_sha1_bytes
+from hfbt.hubapi import (
+    DEFAULT_BRANCH,
+    AnyPath,
+    HubError,
+    HubRequest,
+    RepoFile,
+    Snapshot,
+    commit_of,
+    head_response,
+    lfs_pointer,
+    range_headers,
+    read_request,
+    resolve_target,
+    route,
+    tree_oids,
+)
 from hfbt.manifest import ManifestError, check_path, check_repo_id, check_repo_type, check_revision, is_lfs
 
 MiB = 1024 * 1024
-PAGE_SIZE = 1000  # the Hub's tree page size; 50 with expand=true
-EXPAND_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 10_000
 STREAM_CHUNK = 1 * MiB
 HASH_CHUNK = 8 * MiB
-MAX_FORM_BYTES = 1 * MiB
-DEFAULT_BRANCH = "main"
-_API_WORDS = frozenset({"revision", "tree", "paths-info", "refs"})
 _HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
-
-
-class HubError(Exception):
-    """A client-visible error, rendered the way the Hub does: status, X-Error-Code and {"error": ...}."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        headers = {"X-Error-Message": _header_safe(self.message), **self.headers}
-        if self.code:
-            headers["X-Error-Code"] = self.code
-        return JSONResponse({"error": self.message}, status_code=self.status, headers=headers)
-
-
-def _not_found() -> HubError:
-    return HubError(404, "Not found")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The repo model: a snapshot of a folder at one moment, with Hub hashes.
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    path: str
-    size: int
-    abs_path: Path
-    etag: str  # what the Hub sends as ETag: sha256 for LFS files, git blob sha1 otherwise
-    blob_id: str  # git blob sha1 of what git stores: the file itself, or its LFS pointer for LFS files
-    sha256: str | None = None  # LFS files only
-    pointer_size: int | None = None  # LFS files only
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    repo_type: str
-    repo_id: str
-    commit: str
-    files: dict[str, RepoFile]  # sorted by path
-    folders: dict[str, str]  # folder path ("" = root) → git tree sha1
-    last_modified: str
 
 
 @dataclass(frozen=True)
@@ -103,11 +67,6 @@ class _Stat:
     abs_path: Path
     size: int
     mtime_ns: int
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-lfs pointer git stores for an LFS file; the Hub's blob id of an LFS file is its git sha1."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
 
 
 def scan_folder(root: Path) -> list[_Stat]:
@@ -223,42 +182,6 @@ def _repo_file(s: _Stat, lfs: bool, digest: str) -> RepoFile:
     )
 
 
-def commit_of(files: Iterable[RepoFile]) -> str:
-    """A stable pseudo-commit: sha1 over sorted "path\\0etag\\n" lines; changes whenever any content does."""
-    h = hashlib.sha1()
-    for f in sorted(files, key=lambda f: f.path):
-        h.update(f"{f.path}\0{f.etag}\n".encode())
-    return h.hexdigest()
-
-
-def tree_oids(files: Iterable[RepoFile]) -> dict[str, str]:
-    """Git tree sha1 of every folder ("" = root), as git would compute it with LFS pointers as blobs."""
-    children: dict[str, dict[str, tuple[bool, str]]] = {"": {}}  # folder → name → (is_folder, oid or path)
-    for f in files:
-        parts = f.path.split("/")
-        for depth in range(len(parts) - 1):
-            parent, folder = "/".join(parts[:depth]), "/".join(parts[: depth + 1])
-            children.setdefault(folder, {})
-            children[parent][parts[depth]] = (True, folder)
-        children["/".join(parts[:-1])][parts[-1]] = (False, f.blob_id)
-    oids: dict[str, str] = {}
-    for folder in sorted(children, key=_depth, reverse=True):  # children before their parent
-        entries = []
-        for name, (is_folder, ref) in children[folder].items():
-            oid = oids[ref] if is_folder else ref
-            # git orders tree entries by name, with folder names compared as if they ended with "/"
-            sort_key = (name + "/" if is_folder else name).encode()
-            mode = b"40000" if is_folder else b"100644"
-            entries.append((sort_key, mode + b" " + name.encode() + b"\0" + bytes.fromhex(oid)))
-        body = b"".join(e for _, e in sorted(entries))
-        oids[folder] = hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
-    return oids
-
-
-def _depth(folder: str) -> int:
-    return folder.count("/") + 1 if folder else 0
-
-
 def _iso(ns: int) -> str:
     dt = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
@@ -306,6 +229,7 @@ class Origin:
             if memo is not None and memo[0] == signature:
                 return memo[1]
             snap = build_snapshot(repo_type, repo_id, listing, self.hashes)
+            snap = replace(snap, private=self.cfg.token is not None)
             self._memo[root] = (signature, snap)
             return snap
 
@@ -354,17 +278,6 @@ class Stats:
 # Starlette decodes %2F before routing.
 
 
-@dataclass(frozen=True)
-class _Req:
-    method: str
-    segs: list[str]  # percent-decoded path segments, split on the raw "/"
-    raw_path: str
-    base_url: str
-    query: QueryParams
-    headers: Headers
-    body: bytes
-
-
 def create_app(cfg: OriginConfig) -> FastAPI:
     origin = Origin(cfg)
     stats = Stats()
@@ -384,19 +297,20 @@ def create_app(cfg: OriginConfig) -> FastAPI:
 
     async def hub(request: Request) -> Response:
         try:
-            req = await _read_request(request)
+            req = await read_request(request)
             if cfg.token is not None and not hmac.compare_digest(
                 req.headers.get("authorization", ""), f"Bearer {cfg.token}"
             ):
                 # What the Hub answers for a private repo without access: it does not confirm it exists.
                 raise HubError(401, "Repository not found", "RepoNotFound")
-            return await run_in_threadpool(_route, origin, stats, limit, req)
+            resolve = partial(_resolve, origin, stats, limit, req)
+            return await run_in_threadpool(route, origin, req, resolve)
         except HubError as e:
             return e.response()
         except ManifestError as e:
             return HubError(400, str(e), "BadRequest").response()
 
-    app.router.routes.append(_AnyPath(hub, methods=["GET", "HEAD", "POST"]))
+    app.router.routes.append(AnyPath(hub, methods=["GET", "HEAD", "POST"]))
     return app
 
 
@@ -404,255 +318,18 @@ def serve(cfg: OriginConfig) -> None:
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
 
 
-class _AnyPath(Route):
-    """A route matching every path, so every request gets a Hub-style answer.
-
-    Starlette's `{x:path}` convertor does not match a path holding a newline (its regex has no DOTALL),
-    which would leave such requests to FastAPI's own {"detail": ...} 404.
-    """
-
-    def __init__(self, endpoint: Callable, methods: list[str]) -> None:
-        super().__init__("/", endpoint, methods=methods, include_in_schema=False)
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http":
-            return Match.NONE, {}
-        child = {"endpoint": self.endpoint, "path_params": {}}
-        return (Match.FULL if scope["method"] in self.methods else Match.PARTIAL), child
-
-
-async def _read_request(request: Request) -> _Req:
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    raw_path = raw.decode("latin-1")
-    try:
-        segs = [unquote_to_bytes(p).decode("utf-8") for p in raw_path.split("/")[1:]]
-    except UnicodeDecodeError as e:
-        raise HubError(400, "path is not valid UTF-8 once percent-decoded") from e
-    body = b""
-    if request.method == "POST":
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                raise HubError(413, f"request body over {MAX_FORM_BYTES} bytes")
-    return _Req(
-        method=request.method,
-        segs=segs,
-        raw_path=raw_path,
-        base_url=str(request.base_url).rstrip("/"),
-        query=request.query_params,
-        headers=request.headers,
-        body=body,
-    )
-
-
-def _route(origin: Origin, stats: Stats, limit: RateLimit, req: _Req) -> Response:
-    segs = req.segs
-    if len(segs) >= 3 and segs[0] == "api" and segs[1] in ("models", "datasets"):
-        return _api(origin, req, segs[1][:-1], segs[2:])
-    if segs and segs[0] == "datasets":
-        return _resolve(origin, stats, limit, req, "dataset", segs[1:])
-    return _resolve(origin, stats, limit, req, "model", segs)
-
-
-def _split_repo(
-    origin: Origin, repo_type: str, rest: list[str], words: frozenset[str]
-) -> tuple[str, list[str]]:
-    """Split "org/name/<word>/..." or legacy "name/<word>/..." into (repo_id, rest after the id)."""
-    if not rest or not rest[0]:
-        raise _not_found()
-    if len(rest) >= 2 and (rest[1] not in words or origin.exists(repo_type, f"{rest[0]}/{rest[1]}")):
-        return f"{rest[0]}/{rest[1]}", rest[2:]
-    return rest[0], rest[1:]
-
-
-def _api(origin: Origin, req: _Req, repo_type: str, rest: list[str]) -> Response:
-    repo_id, tail = _split_repo(origin, repo_type, rest, _API_WORDS)
-    reading = req.method in ("GET", "HEAD")
-    if not tail and reading:
-        return _info(origin, req, repo_type, repo_id, DEFAULT_BRANCH)
-    word, args = (tail[0], tail[1:]) if tail else ("", [])
-    if word == "revision" and len(args) == 1 and reading:
-        return _info(origin, req, repo_type, repo_id, args[0])
-    if word == "tree" and args and reading:
-        return _tree(origin, req, repo_type, repo_id, args[0], _subpath(args[1:]))
-    if word == "paths-info" and len(args) == 1 and req.method == "POST":
-        return _paths_info(origin, req, repo_type, repo_id, args[0])
-    if word == "refs" and not args and reading:
-        return _refs(origin, req, repo_type, repo_id)
-    raise _not_found()
-
-
-def _subpath(parts: list[str]) -> str:
-    path = "/".join(parts).rstrip("/")
-    return check_path(path) if path else ""
-
-
-# --- /api ------------------------------------------------------------------------------------------------
-
-
-def _info(origin: Origin, req: _Req, repo_type: str, repo_id: str, revision: str) -> Response:
-    snap = origin.resolve(repo_type, repo_id, revision)
-    blobs = _flag(req.query.get("blobs"))
-    body = {
-        "_id": snap.commit[:24],
-        "id": repo_id,
-        "author": repo_id.split("/")[0] if "/" in repo_id else None,
-        "sha": snap.commit,
-        "lastModified": snap.last_modified,
-        "createdAt": snap.last_modified,
-        "private": origin.cfg.token is not None,
-        "disabled": False,
-        "gated": False,
-        "downloads": 0,
-        "likes": 0,
-        "tags": [],
-        "usedStorage": sum(f.size for f in snap.files.values()),
-        "siblings": [_sibling(f, blobs) for f in snap.files.values()],
-    }
-    if repo_type == "model":
-        body["modelId"] = repo_id
-    return JSONResponse(body)
-
-
-def _sibling(f: RepoFile, blobs: bool) -> dict:
-    if not blobs:
-        return {"rfilename": f.path}
-    out: dict = {"rfilename": f.path, "size": f.size, "blobId": f.blob_id}
-    if f.sha256 is not None:
-        # Note: "sha256" here, "oid" in the tree listing (the Hub's own inconsistency).
-        out["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
-    return out
-
-
-def _tree(origin: Origin, req: _Req, repo_type: str, repo_id: str, revision: str, path: str) -> Response:
-    snap = origin.resolve(repo_type, repo_id, revision)
-    if path not in snap.folders:
-        raise HubError(404, f"{path} is not a folder", "EntryNotFound", {"X-Repo-Commit": snap.commit})
-    expand = _flag(req.query.get("expand"))
-    entries = _tree_listing(snap, path, _flag(req.query.get("recursive")))
-    limit = _int_param(req.query.get("limit"), EXPAND_PAGE_SIZE if expand else PAGE_SIZE, "limit")
-    start = _decode_cursor(req.query.get("cursor"))
-    page = entries[start : start + limit]
-    headers = {}
-    if start + limit < len(entries):
-        query = [(k, v) for k, v in req.query.multi_items() if k != "cursor"] + [
-            ("cursor", _cursor(start + limit))
-        ]
-        headers["Link"] = f'<{req.base_url}{req.raw_path}?{urlencode(query)}>; rel="next"'
-    return JSONResponse([_entry(snap, kind, p, expand) for kind, p in page], headers=headers)
-
-
-def _tree_listing(snap: Snapshot, path: str, recursive: bool) -> list[tuple[str, str]]:
-    """(kind, path) under `path`: folders first, then files, like the Hub."""
-    prefix = f"{path}/" if path else ""
-
-    def wanted(p: str) -> bool:
-        return p.startswith(prefix) and p != path and (recursive or "/" not in p[len(prefix) :])
-
-    folders = [("directory", p) for p in sorted(snap.folders) if p and wanted(p)]
-    return folders + [("file", p) for p in snap.files if wanted(p)]
-
-
-def _entry(snap: Snapshot, kind: str, path: str, expand: bool) -> dict:
-    if kind == "directory":
-        out: dict = {"type": "directory", "oid": snap.folders[path], "size": 0, "path": path}
-    else:
-        f = snap.files[path]
-        out = {"type": "file", "oid": f.blob_id, "size": f.size, "path": path}
-        if f.sha256 is not None:
-            out["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
-    if expand:
-        out["lastCommit"] = {
-            "id": snap.commit,
-            "title": "hfbt serve-dir snapshot",
-            "date": snap.last_modified,
-        }
-    return out
-
-
-def _paths_info(origin: Origin, req: _Req, repo_type: str, repo_id: str, revision: str) -> Response:
-    snap = origin.resolve(repo_type, repo_id, revision)
-    form = parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
-    expand = any(k == "expand" and _flag(v) for k, v in form)
-    out = []
-    for key, value in form:
-        path = value.rstrip("/")
-        if key != "paths" or not path:
-            continue
-        check_path(path)
-        if path in snap.files:
-            out.append(_entry(snap, "file", path, expand))
-        elif path in snap.folders:
-            out.append(_entry(snap, "directory", path, expand))
-    return JSONResponse(out)
-
-
-def _refs(origin: Origin, req: _Req, repo_type: str, repo_id: str) -> Response:
-    snap = origin.snapshot(repo_type, repo_id)
-    main = {"name": DEFAULT_BRANCH, "ref": f"refs/heads/{DEFAULT_BRANCH}", "targetCommit": snap.commit}
-    body: dict = {"branches": [main], "converts": [], "tags": []}
-    if _flag(req.query.get("include_prs")):
-        body["pullRequests"] = []
-    return JSONResponse(body)
-
-
-def _flag(value: str | None) -> bool:
-    return value is not None and value.lower() in ("1", "true", "yes")
-
-
-def _int_param(value: str | None, default: int, name: str) -> int:
-    if value is None:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
-        raise HubError(400, f"{name} must be an integer between 1 and {MAX_PAGE_SIZE}")
-    return int(value)
-
-
-def _cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(str(offset).encode()).decode()
-
-
-def _decode_cursor(value: str | None) -> int:
-    if not value:
-        return 0
-    try:
-        offset = int(base64.urlsafe_b64decode(value.encode()).decode())
-    except ValueError as e:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise HubError(400, "invalid cursor") from e
-    if offset < 0:
-        raise HubError(400, "invalid cursor")
-    return offset
-
-
-# --- /resolve --------------------------------------------------------------------------------------------
-
-
 def _resolve(
-    origin: Origin, stats: Stats, limit: RateLimit, req: _Req, repo_type: str, rest: list[str]
+    origin: Origin, stats: Stats, limit: RateLimit, req: HubRequest, repo_type: str, rest: list[str]
 ) -> Response:
-    repo_id, tail = _split_repo(origin, repo_type, rest, frozenset({"resolve"}))
-    if len(tail) < 3 or tail[0] != "resolve" or req.method == "POST":
-        raise _not_found()
-    revision, path = tail[1], "/".join(tail[2:])
-    # Check the syntax of everything first, so bad input gets a 400 whatever exists.
-    check_repo_id(repo_id)
-    check_revision(revision)
-    check_path(path)
+    repo_id, revision, path = resolve_target(origin, req, repo_type, rest)
     snap = origin.resolve(repo_type, repo_id, revision)
     f = snap.files.get(path)
-    if f is None:
+    if f is None or f.abs_path is None:
         # With X-Repo-Commit the client records the miss in .no_exist/<commit>/ and stops asking.
         raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": snap.commit})
-    headers = _file_headers(snap, f)
     if req.method == "HEAD":
-        # Explicit Content-Length: a bare HEAD Response would say 0 and the client would store an empty file.
-        return Response(status_code=200, headers={**headers, "Content-Length": str(f.size)})
-    start, end = _parse_range(req.headers.get("range"), f.size, snap.commit)
-    status = 200
-    if (start, end) != (0, f.size):
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
-    headers["Content-Length"] = str(end - start)
+        return head_response(snap, f)
+    status, start, end, headers = range_headers(req, snap, f)
     try:
         # Opened here, not in the body generator: a file gone since the scan still gets a clean 404.
         fh = open(f.abs_path, "rb")  # closed by _stream, or by GC if the body is never sent
@@ -662,52 +339,6 @@ def _resolve(
     stats.count_request()
     body = _stream(fh, start, end - start, lambda n: stats.add(key, n), limit)
     return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
-
-
-def _file_headers(snap: Snapshot, f: RepoFile) -> dict[str, str]:
-    name = f.path.rsplit("/", 1)[-1]
-    encoded = quote(name, safe="")
-    headers = {
-        "X-Repo-Commit": snap.commit,
-        "ETag": f'"{f.etag}"',
-        "Accept-Ranges": "bytes",
-        # The client reads `filename="...";` (with the semicolon) for its progress bar.
-        "Content-Disposition": f"inline; filename*=UTF-8''{encoded}; filename=\"{_ascii(name)}\";",
-    }
-    if f.sha256 is not None:
-        # What the Hub sends for LFS files (there on its redirect to the CDN); the client prefers these.
-        headers["X-Linked-Etag"] = f'"{f.sha256}"'
-        headers["X-Linked-Size"] = str(f.size)
-    return headers
-
-
-def _parse_range(value: str | None, size: int, commit: str) -> tuple[int, int]:
-    """The [start, end) to send. A missing, multi-range or malformed header means the whole file."""
-    if not value:
-        return 0, size
-    unit, _, spec = value.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return 0, size
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
-        return 0, size
-    if last and not last.isdigit():
-        return 0, size
-    if not first:  # suffix range "bytes=-N": the last N bytes
-        start, end = max(0, size - int(last)), size
-        if int(last) == 0 or size == 0:
-            raise _unsatisfiable(value, size, commit)
-        return start, end
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
-        raise _unsatisfiable(value, size, commit)
-    return start, end
-
-
-def _unsatisfiable(value: str, size: int, commit: str) -> HubError:
-    headers = {"Content-Range": f"bytes */{size}", "X-Repo-Commit": commit}
-    return HubError(416, f"range {value!r} not satisfiable for a file of {size} bytes", headers=headers)
 
 
 def _stream(
@@ -746,11 +377,3 @@ class RateLimit:
             self._next = slot + n / self.rate
         if slot > now:
             time.sleep(slot - now)
-
-
-def _ascii(name: str) -> str:
-    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in name)
-
-
-def _header_safe(text: str) -> str:
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:500]
