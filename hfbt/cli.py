@@ -225,6 +225,20 @@ def agent(
     ] = C.AGENT_PORT,
     bt_host: BtHost = "0.0.0.0",
     bt_port: BtPort = C.AGENT_BT_PORT,
+    shim_port: Annotated[
+        int,
+        typer.Option(
+            "--shim-port",
+            help="Port of the HF_ENDPOINT-compatible API (HF_ENDPOINT=http://127.0.0.1:<port>).",
+            envvar="HFBT_SHIM_PORT",
+        ),
+    ] = C.SHIM_PORT,
+    origin: Annotated[
+        str,
+        typer.Option(
+            "--origin", help="Hub endpoint the shim forwards what it does not serve to.", envvar="HFBT_ORIGIN"
+        ),
+    ] = C.DEFAULT_ORIGIN,
     auth_token: AuthToken = None,
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
@@ -248,7 +262,7 @@ def agent(
         listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit, download_mbit=download_mbit
     )
     node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
-    serve(C.AgentConfig(node=node, host=host, port=port))
+    serve(C.AgentConfig(node=node, host=host, port=port, shim_port=shim_port, origin=origin))
 
 
 @app.command()

@@ -49,6 +49,7 @@ class Agent:
     cache_dir: Path
     state_dir: Path
     proc: Proc
+    shim_url: str = ""
 
 
 class LocalCluster:
@@ -69,11 +70,14 @@ class LocalCluster:
 
     # --- processes -------------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> Proc:
+        """Start `python -m hfbt ARGS`; `prefix` wraps it (the benchmark: `ip netns exec NS`)."""
         log = self.workdir / "logs" / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "hfbt", *args],
+                [*prefix, sys.executable, "-m", "hfbt", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -143,6 +147,7 @@ class LocalCluster:
 
     def start_agent(self, name: str, extra: tuple[str, ...] = ()) -> Agent:
         port = free_port()
+        shim_port = free_port()
         cache_dir = self.workdir / name / "hub"
         state_dir = self.workdir / name / "state"
         args = [
@@ -154,13 +159,17 @@ class LocalCluster:
             "--bt-port", str(free_port()),
             "--bt-host", "127.0.0.1",
             "--node-name", name,
+            "--shim-port", str(shim_port),
+            "--origin", self.origin_url or "http://127.0.0.1:9",
             *self._auth(),
             *extra,
         ]  # fmt: skip
         proc = self.spawn(name, *args)
         url = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{url}/v1/health")
-        return Agent(name, url, cache_dir, state_dir, proc)
+        shim_url = f"http://127.0.0.1:{shim_port}"
+        self._wait_http(proc, f"{shim_url}/api/whoami-v2")
+        return Agent(name, url, cache_dir, state_dir, proc, shim_url)
 
     def _auth(self) -> list[str]:
         return ["--auth-token", self.auth_token] if self.auth_token else []

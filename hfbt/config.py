@@ -14,6 +14,7 @@ DEFAULT_HOST = "127.0.0.1"
 TRACKER_PORT = 6969
 ORIGIN_PORT = 8090
 AGENT_PORT = 6970
+SHIM_PORT = 6971
 AGENT_BT_PORT = 6881
 SEED_BT_PORT = 6882
 DEFAULT_TRACKER = f"http://{DEFAULT_HOST}:{TRACKER_PORT}"
@@ -22,6 +23,14 @@ DEFAULT_ORIGIN = "https://huggingface.co"
 REF_TTL_S = 30.0
 ANNOUNCE_INTERVAL_S = 30
 STALL_TIMEOUT_S = 300.0
+# Seed metrics (the tracker and agent serve /metrics on their own HTTP port; the seed has no HTTP
+# server, so it opens prometheus_client's own one, off unless a port is given: a fixed default
+# port would collide when several seeds or test clusters share a host).
+METRICS_HOST = "0.0.0.0"
+METRICS_PORT_OFF = 0
+# hfbt prefetch / hfbt gc: node-wide maintenance lock and pin records, both in the state dir.
+MAINTENANCE_LOCK = "locks/maintenance.lock"
+PINS_DIR = "pins"
 
 
 def default_hf_cache() -> Path:
@@ -80,6 +89,8 @@ class SeedConfig:
     seed_id: str | None = None
     swarm: SwarmConfig = field(default_factory=lambda: SwarmConfig(listen_port=SEED_BT_PORT))
     parallel_files: int = 2
+    metrics_host: str = METRICS_HOST
+    metrics_port: int = METRICS_PORT_OFF  # 0 = no /metrics server
 
 
 @dataclass
@@ -100,3 +111,5 @@ class AgentConfig:
     node: NodeConfig
     host: str = DEFAULT_HOST
     port: int = AGENT_PORT
+    shim_port: int = SHIM_PORT  # the HF_ENDPOINT-compatible API, on the same host
+    origin: str = DEFAULT_ORIGIN  # where the shim forwards what it does not serve (whoami, uploads, ...)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class _Entry:
     renamed: threading.Event = field(default_factory=threading.Event)
     resumed: threading.Event = field(default_factory=threading.Event)
     flushed: threading.Event = field(default_factory=threading.Event)
+    piece_waiters: dict[int, list[Future]] = field(default_factory=dict)
     rename_error: str | None = None
     error: str | None = None
 
@@ -209,6 +211,36 @@ class Swarm:
             raise SwarmError(entry.error)
         return True
 
+    # --- streaming -----------------------------------------------------------------------------
+
+    def read_piece(self, ih: str, piece: int, timeout: float = 300.0) -> bytes:
+        """One verified piece, as soon as it is here: downloaded first if need be (deadline 0).
+
+        Always through libtorrent's read_piece, never from the file: a piece is hash-checked
+        before it is written, and a read right after have_piece() returned zero-filled bytes.
+        """
+        entry = self._entry(ih)
+        fut: Future = Future()
+        with self._lock:
+            entry.piece_waiters.setdefault(piece, []).append(fut)
+        # alert_when_available also covers a piece that arrives between a check and this call.
+        entry.handle.set_piece_deadline(piece, 0, lt.deadline_flags_t.alert_when_available)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            with self._lock:
+                waiters = entry.piece_waiters.get(piece, [])
+                if fut in waiters:
+                    waiters.remove(fut)
+            raise SwarmError(f"piece {piece} of {ih} did not arrive within {timeout:.0f}s") from None
+
+    def read_ahead(self, ih: str, pieces: range, step_ms: int = 200) -> None:
+        """Ask for the pieces a reader needs next, in reading order, before it asks for each."""
+        handle = self._entry(ih).handle
+        for i, p in enumerate(pieces):
+            if not handle.have_piece(p):
+                handle.set_piece_deadline(p, (i + 1) * step_ms, 0)
+
     def flush(self, ih: str, timeout: float = 60.0) -> None:
         """Wait until every verified piece is on disk.
 
@@ -314,6 +346,18 @@ class Swarm:
         if isinstance(a, lt.torrent_finished_alert):
             if e := self._entry_for(a):
                 e.finished.set()
+        elif isinstance(a, lt.read_piece_alert):
+            if e := self._entry_for(a):
+                with self._lock:
+                    waiters = e.piece_waiters.pop(a.piece, [])
+                if a.error.value():
+                    err = SwarmError(f"reading piece {a.piece} failed: {a.error.message()}")
+                    for fut in waiters:
+                        fut.set_exception(err)
+                else:
+                    data = bytes(a.buffer)
+                    for fut in waiters:
+                        fut.set_result(data)
         elif isinstance(a, lt.cache_flushed_alert):
             if e := self._entry_for(a):
                 e.flushed.set()

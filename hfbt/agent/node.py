@@ -9,6 +9,7 @@ verified by BitTorrent → sha256 / git-sha1 checked against the manifest → re
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -77,8 +78,12 @@ class Node:
         self._finalize = ThreadPoolExecutor(2, thread_name_prefix="finalize")
         self._etag_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._joined: dict[str, str] = {}  # etag -> info-hash of blobs whose swarm this node joined
+        self._background = ThreadPoolExecutor(8, thread_name_prefix="fetch")
+        self._fetches: dict[PullRequest, Future] = {}
 
     def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
         self._finalize.shutdown(wait=True)
         self.tracker.close()
 
@@ -179,7 +184,25 @@ class Node:
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
             self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
             log.info("event=blob_join path=%s size=%d info_hash=%s", f.path, f.size, f.info_hash)
+        with self._guard:
+            self._joined[f.etag] = f.info_hash
         return _Download(f, f.info_hash, torrent)
+
+    # --- for readers that stream (the HF_ENDPOINT shim) --------------------------------------------
+
+    def fetch(self, req: PullRequest) -> Future:
+        """Pull in the background, once per identical request at a time; the future gives the snapshot."""
+        with self._guard:
+            fut = self._fetches.get(req)
+            if fut is None or fut.done():
+                fut = self._background.submit(self.pull, req)
+                self._fetches[req] = fut
+        return fut
+
+    def joined(self, etag: str) -> str | None:
+        """The info-hash of this blob's torrent once the node has joined its swarm."""
+        with self._guard:
+            return self._joined.get(etag)
 
     def _finished(self, d: _Download) -> bool:
         try:
@@ -212,15 +235,24 @@ class Node:
             return
         with self._etag_lock(f.etag):
             final = cache.blob_path(repo, f.etag)
-            if final.is_file() and final.stat().st_size == f.size:
-                return  # another pull of the same blob published it
             partial = cache.blobs_dir(repo) / cache.partial_name(f.etag)
+            if not partial.exists() and final.is_file() and final.stat().st_size == f.size:
+                return  # another pull of the same blob published it
             self.swarm.flush(d.info_hash)
             if not cache.verify_blob(partial, f):
                 self.swarm.remove(d.info_hash)
                 partial.unlink(missing_ok=True)
                 raise HfbtError("Integrity", f"{f.path}: downloaded bytes do not match {f.etag}; discarded")
-            self.swarm.rename(d.info_hash, f.etag)
+            try:
+                self.swarm.rename(d.info_hash, f.etag)
+            except SwarmError:
+                if not final.exists():
+                    raise
+                # A Hub client sharing this cache published the blob first. Ours is verified, so it
+                # replaces theirs atomically (same bytes if theirs is right) and we seed from it.
+                self.swarm.remove(d.info_hash)
+                os.replace(partial, final)
+                self.swarm.add(d.torrent, final.parent, seeding=True)
             self.published.put(PublishedBlob(f.etag, d.info_hash, f.size, str(final)), d.torrent)
             log.info(
                 "event=blob_published path=%s size=%d seconds=%.1f",

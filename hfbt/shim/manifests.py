@@ -1,0 +1,82 @@
+"""Revision metadata for the shim: the tracker's manifests, cached briefly, as Hub snapshots.
+
+A client reading one repo sends a HEAD and a GET per file; without a cache each would cost a
+tracker round trip. A commit's complete manifest never changes, so it is kept for long; a branch is
+re-asked after a few seconds so a new commit shows up as fast as the tracker knows it. Entries are
+keyed by a hash of the caller's Hub token, so a private revision is only ever served to callers the
+tracker (through the origin) accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+from hfbt.agent.node import Node
+from hfbt.errors import HfbtError
+from hfbt.hubapi import HubError, Snapshot, snapshot_from_manifest
+from hfbt.manifest import Manifest, is_commit
+
+REF_TTL_S = 2.0
+COMMIT_TTL_S = 600.0
+PENDING_LIMIT_S = 120.0
+
+# tracker / node error code -> (HTTP status, Hub X-Error-Code) the Hub client maps to its exceptions
+_HUB_ERRORS: dict[str, tuple[int, str | None]] = {
+    "RepoNotFound": (404, "RepoNotFound"),
+    "RevisionNotFound": (404, "RevisionNotFound"),
+    "EntryNotFound": (404, "EntryNotFound"),
+    "GatedRepo": (403, "GatedRepo"),
+    "BadRequest": (400, None),
+    "TrackerUnreachable": (503, None),
+    "Stalled": (504, None),
+    "Timeout": (504, None),
+}
+
+
+def hub_error(e: HfbtError) -> HubError:
+    status, code = _HUB_ERRORS.get(e.code, (502, None))
+    return HubError(status, e.message, code)
+
+
+@dataclass(frozen=True)
+class Revision:
+    manifest: Manifest
+    snapshot: Snapshot
+
+
+class ManifestCache:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple[float, Revision]] = {}
+
+    def get(self, repo_type: str, repo_id: str, revision: str, token: str | None) -> Revision:
+        key = (repo_type, repo_id, revision, hashlib.sha256(token.encode()).hexdigest() if token else None)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        rev = self._ask(repo_type, repo_id, revision, token)
+        ttl = COMMIT_TTL_S if rev.manifest.complete and is_commit(revision) else REF_TTL_S
+        with self._lock:
+            self._entries[key] = (now + ttl, rev)
+            if len(self._entries) > 4096:  # bounded: drop the oldest half
+                for k in sorted(self._entries, key=lambda k: self._entries[k][0])[:2048]:
+                    del self._entries[k]
+        return rev
+
+    def _ask(self, repo_type: str, repo_id: str, revision: str, token: str | None) -> Revision:
+        deadline = time.monotonic() + PENDING_LIMIT_S
+        try:
+            while True:
+                reply = self._node.tracker.manifest(repo_type, repo_id, revision, wait=20, hf_token=token)
+                if reply.manifest is not None:
+                    return Revision(reply.manifest, snapshot_from_manifest(reply.manifest))
+                if time.monotonic() > deadline:
+                    raise HubError(504, f"{repo_id}@{revision} is still being mirrored; retry shortly")
+        except HfbtError as e:
+            raise hub_error(e) from None
