@@ -111,6 +111,33 @@ def tracker(
     serve(cfg)
 
 
+LtSettings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lt-setting",
+        help="Expert: a libtorrent settings_pack value NAME=VALUE, applied last (repeatable).",
+    ),
+]
+
+
+def _lt_settings(items: list[str] | None) -> dict[str, int | bool | str]:
+    out: dict[str, int | bool | str] = {}
+    for item in items or ():
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            _fail(HfbtError("BadRequest", f"--lt-setting wants NAME=VALUE, got {item!r}"))
+        value: int | bool | str = raw.strip()
+        if raw.strip().lower() in ("true", "false"):
+            value = raw.strip().lower() == "true"
+        else:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                pass
+        out[name.strip()] = value
+    return out
+
+
 @app.command()
 def seed(
     tracker: TrackerUrl = C.DEFAULT_TRACKER,
@@ -139,6 +166,26 @@ def seed(
             "--parallel-files", help="Files fetched from the origin at once.", envvar="HFBT_PARALLEL_FILES"
         ),
     ] = 2,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus /metrics on this port (0 = off).",
+            envvar="HFBT_METRICS_PORT",
+        ),
+    ] = C.METRICS_PORT_OFF,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address /metrics binds to.", envvar="HFBT_METRICS_HOST")
+    ] = C.METRICS_HOST,
+    super_seed: Annotated[
+        bool,
+        typer.Option(
+            "--super-seed/--no-super-seed",
+            help="Super seeding: upload about one copy and let the nodes trade the rest.",
+            envvar="HFBT_SUPER_SEED",
+        ),
+    ] = False,
+    lt_setting: LtSettings = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Mirror revisions from the origin on demand and seed their torrents."""
@@ -152,10 +199,22 @@ def seed(
         token=token,
         auth_token=auth_token,
         seed_id=seed_id,
-        swarm=C.SwarmConfig(listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit),
+        swarm=C.SwarmConfig(
+            listen_host=bt_host,
+            listen_port=bt_port,
+            upload_mbit=upload_mbit,
+            super_seed=super_seed,
+            lt_settings=_lt_settings(lt_setting),
+        ),
         parallel_files=parallel_files,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     service = SeedService(cfg)
+    if cfg.metrics_port:
+        from hfbt.metrics import serve as serve_metrics
+
+        serve_metrics(service.metrics.registry, cfg.metrics_host, cfg.metrics_port)
     stop = _stop_on_signals()
     try:
         service.run(stop)
@@ -252,6 +311,7 @@ def agent(
             "--download-mbit", help="Download cap in Mbit/s (0 = none).", envvar="HFBT_DOWNLOAD_MBIT"
         ),
     ] = 0.0,
+    lt_setting: LtSettings = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the node daemon: pulls into the HF cache and keeps seeding every completed blob."""
@@ -259,7 +319,11 @@ def agent(
     from hfbt.agent.daemon import serve
 
     swarm = C.SwarmConfig(
-        listen_host=bt_host, listen_port=bt_port, upload_mbit=upload_mbit, download_mbit=download_mbit
+        listen_host=bt_host,
+        listen_port=bt_port,
+        upload_mbit=upload_mbit,
+        download_mbit=download_mbit,
+        lt_settings=_lt_settings(lt_setting),
     )
     node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
     serve(C.AgentConfig(node=node, host=host, port=port, shim_port=shim_port, origin=origin))
@@ -347,6 +411,12 @@ def serve_dir(
             envvar="HFBT_ORIGIN_MAX_MBIT",
         ),
     ] = 0.0,
+    ref: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ref", help="Another branch/tag/PR name for the current commit, e.g. refs/pr/1 (repeatable)."
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -372,6 +442,7 @@ def serve_dir(
             port=port,
             max_mbit=max_mbit,
             token=token,
+            refs=tuple(ref or ()),
         )
     )
 
@@ -391,6 +462,188 @@ def demo(
         run_demo(size_mb=size_mb, nodes=nodes, workdir=workdir)
     except HfbtError as e:
         _fail(e)
+
+
+AgentOpt = Annotated[
+    str,
+    typer.Option(
+        "--agent",
+        help="Agent URL; 'auto' uses the default one if it serves this cache; 'none' never uses one.",
+        envvar="HFBT_AGENT",
+    ),
+]
+EXIT_BUSY = 75  # EX_TEMPFAIL: another prefetch/gc holds the node's lock; the next timer tick retries
+
+
+def _agent_url(agent: str) -> str | None:
+    return {"auto": C.DEFAULT_AGENT, "none": None}.get(agent, agent)
+
+
+def _fail_busy_aware(e: HfbtError) -> None:
+    if e.code == "Busy":
+        typer.echo(f"hfbt: {e.message}", err=True)
+        raise typer.Exit(EXIT_BUSY)
+    _fail(e)
+
+
+@app.command()
+def prefetch(
+    config: Annotated[
+        Path, typer.Option("--config", help="TOML file listing the repos.", envvar="HFBT_PREFETCH_CONFIG")
+    ],
+    cron: Annotated[
+        str | None,
+        typer.Option("--cron", help="Print the crontab line running this prefetch on a schedule, and exit."),
+    ] = None,
+    tracker: TrackerUrl = C.DEFAULT_TRACKER,
+    cache_dir: CacheDir = None,
+    state_dir: StateDir = None,
+    auth_token: AuthToken = None,
+    agent: AgentOpt = "auto",
+    node_name: NodeName = None,
+    stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Hub token for private or gated repos.", envvar="HF_TOKEN"),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up on one repo after this many seconds.")
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Pull the repos listed in a TOML file (cron/systemd timer); skips complete ones, records pins."""
+    _setup_logs(log_level)
+    from hfbt import prefetch as P
+    from hfbt.nodelock import maintenance_lock
+
+    try:
+        spec = P.load(config)
+        if cron:
+            argv = [*P.hfbt_argv(), "prefetch", "--config", str(config.expanduser().resolve())]
+            if tracker != C.DEFAULT_TRACKER and not spec.tracker:
+                argv += ["--tracker", tracker]
+            for flag, value in (("--cache-dir", cache_dir), ("--state-dir", state_dir)):
+                if value is not None:
+                    argv += [flag, str(value.expanduser().resolve())]
+            if agent != "auto":
+                argv += ["--agent", agent]
+            if node_name:
+                argv += ["--node-name", node_name]
+            typer.echo(P.cron_line(cron, argv))  # tokens stay in the environment, never in a crontab
+            return
+        swarm = C.SwarmConfig(listen_port=0)
+        node = _node_config(
+            spec.tracker or tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout
+        )
+        run = P.PrefetchRun(node, _agent_url(agent), agent not in ("auto", "none"), timeout, token)
+        with maintenance_lock(node.state_dir, "prefetch"):
+            outcomes = P.run(spec, run)
+    except HfbtError as e:
+        _fail_busy_aware(e)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        typer.echo(f"hfbt: prefetch failed: {o.entry.label}: {o.error} [{o.code}]", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size",
+            help="Cache budget, e.g. 500G (K/M/G/T = powers of 1024; KB/MB/GB/TB = of 1000).",
+            envvar="HFBT_GC_MAX_SIZE",
+        ),
+    ] = None,
+    keep_revisions: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-revisions",
+            help="Keep at most this many revisions per repo (the most recently used).",
+            envvar="HFBT_GC_KEEP_REVISIONS",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be evicted.")] = False,
+    cache_dir: CacheDir = None,
+    state_dir: StateDir = None,
+    agent: AgentOpt = "auto",
+    log_level: LogLevel = "warning",
+) -> None:
+    """Evict least recently used revisions until the cache fits; pinned revisions always stay."""
+    _setup_logs(log_level)
+    from rich.table import Table
+
+    from hfbt import gc as G
+
+    node = _node_config(C.DEFAULT_TRACKER, cache_dir, state_dir, None, None, C.SwarmConfig(), 0)
+    try:
+        budget = G.parse_size(max_size) if max_size is not None else None
+        required = agent not in ("auto", "none")
+        result = G.run_gc(node, budget, keep_revisions, dry_run, _agent_url(agent), required)
+    except HfbtError as e:
+        _fail_busy_aware(e)
+    plan = result.plan
+    console = _console()
+    if plan.evictions:
+        table = Table(title="would evict" if dry_run else "evicted", title_justify="left")
+        for col in ("revision", "reason", "last used"):
+            table.add_column(col)
+        for ev in plan.evictions:
+            table.add_row(ev.revision.label, ev.reason, _when(ev.revision.last_access))
+        console.print(table)
+    verb = "would free" if dry_run else "freed"
+    budget_note = f" (budget {G.human(plan.max_size)})" if plan.max_size is not None else ""
+    typer.echo(
+        f"cache {G.human(plan.size_before)} → {G.human(plan.size_after)}{budget_note}:"
+        f" {len(plan.evictions)} revision(s), {len(plan.remove_blobs)} blob(s), {verb} {G.human(plan.freed)}"
+        + (f"; pinned {len(plan.pinned)}" if plan.pinned else "")
+        + (f"; agent stopped seeding {result.stopped}, moved {result.moved}" if result.agent else "")
+    )
+    if plan.over_budget:
+        typer.echo(
+            "hfbt: warning: still over budget: what remains is pinned, within --keep-revisions,"
+            " or being downloaded",
+            err=True,
+        )
+
+
+def _console():
+    # Piped output (cron mail, `| less`) would be cut at rich's default 80 columns: repo ids get long.
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _when(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@app.command()
+def status(
+    tracker: TrackerUrl = C.DEFAULT_TRACKER,
+    agent: AgentOpt = "auto",
+    auth_token: AuthToken = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What this node's agent holds (repos, revisions, rates, peers) and what the tracker sees.
+
+    --agent none / --tracker none leave that half out.
+    """
+    import json
+
+    from hfbt.status import collect, render
+
+    report = collect(_agent_url(agent), None if tracker == "none" else tracker, auth_token)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        render(report, _console())
+    if report["node"] is None and report["tracker"] is None:
+        raise typer.Exit(1)
 
 
 def main() -> None:

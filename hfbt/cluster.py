@@ -168,7 +168,7 @@ class LocalCluster:
         url = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{url}/v1/health")
         shim_url = f"http://127.0.0.1:{shim_port}"
-        self._wait_http(proc, f"{shim_url}/api/whoami-v2")
+        self._wait_http(proc, f"{shim_url}/_hfbt/health")
         return Agent(name, url, cache_dir, state_dir, proc, shim_url)
 
     def _auth(self) -> list[str]:

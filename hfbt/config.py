@@ -69,6 +69,7 @@ class OriginConfig:
     port: int = ORIGIN_PORT
     max_mbit: float = 0.0  # pace all responses together, like one slow uplink; 0 = unlimited
     token: str | None = field(default=None, repr=False)  # set: every repo is private, readable with it
+    refs: tuple[str, ...] = ()  # more branch/tag/PR names (e.g. refs/pr/1) for the current commit
 
 
 @dataclass
@@ -77,6 +78,9 @@ class SwarmConfig:
     listen_port: int = 0  # 0 = ephemeral, so pulls and agents can share one machine
     upload_mbit: float = 0.0  # 0 = unlimited
     download_mbit: float = 0.0
+    super_seed: bool = False  # seeds only: hand each peer pieces nobody has yet (≈ one copy out)
+    # Raw libtorrent settings_pack overrides (--lt-setting NAME=VALUE), applied last: for tuning.
+    lt_settings: dict[str, int | bool | str] = field(default_factory=dict)
 
 
 @dataclass

@@ -236,7 +236,7 @@ class Origin:
     def resolve(self, repo_type: str, repo_id: str, revision: str) -> Snapshot:
         check_revision(revision)
         snap = self.snapshot(repo_type, repo_id)
-        if revision in (DEFAULT_BRANCH, snap.commit):
+        if revision in (DEFAULT_BRANCH, snap.commit, *self.cfg.refs):
             return snap
         # An older commit of this folder is gone for good: the folder only has its current state.
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")

@@ -9,7 +9,7 @@ from functools import partial
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Route
@@ -87,6 +87,8 @@ def create_app(node: Node, origin_url: str) -> FastAPI:
         return route(backend, req, partial(on_resolve, backend, req))
 
     async def handle(request: Request) -> Response:
+        if request.url.path == "/_hfbt/health":
+            return JSONResponse({"ok": True})
         try:
             if request.method not in ("GET", "HEAD", "POST"):
                 return await _passthrough(client, origin, request, await request.body())
@@ -148,6 +150,7 @@ class _Everything(Route):
 
     def __init__(self, endpoint) -> None:  # noqa: ANN001
         super().__init__("/", endpoint, include_in_schema=False)
+        self.methods = None  # Starlette would otherwise answer 405 to anything but GET/HEAD
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
