@@ -96,6 +96,13 @@ def _write_random(f, n: int, rng: random.Random) -> None:  # noqa: ANN001 - any 
         n -= k
 
 
+def write_random_file(path: Path, size: int, seed: int) -> None:
+    """A file of `size` seeded pseudo-random bytes (incompressible, fast to write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        _write_random(f, size, random.Random(seed))
+
+
 def _json(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 

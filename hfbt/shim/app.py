@@ -9,19 +9,20 @@ from functools import partial
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from hfbt import __version__
+from hfbt import __version__, cache
 from hfbt.agent.node import Node
 from hfbt.errors import HfbtError
 from hfbt.hubapi import (
     HubError,
     HubRequest,
     Snapshot,
+    file_headers,
     head_response,
     range_headers,
     read_request,
@@ -76,6 +77,12 @@ def create_app(node: Node, origin_url: str) -> FastAPI:
             raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": rev.manifest.commit})
         if req.method == "HEAD":
             return head_response(rev.snapshot, f)
+        blob = cache.blob_path(cache.repo_dir(node.cfg.cache_dir, repo_type, repo_id), entry.etag)
+        if entry.size and cache.has_blob(blob.parent.parent, entry):
+            # Complete in the cache: Starlette's FileResponse (ranges included) beats a Python loop 3x.
+            return FileResponse(
+                blob, headers=file_headers(rev.snapshot, f), media_type="application/octet-stream"
+            )
         status, start, end, headers = range_headers(req, rev.snapshot, f)
         body = _guarded(file_bytes(node, rev.manifest, entry, start, end, backend.token), path)
         return StreamingResponse(
