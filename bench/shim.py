@@ -21,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -41,32 +42,24 @@ def make_repo(root: Path, size: int) -> None:
 
 def timed_get(url: str) -> dict:
     t0 = time.perf_counter()
-    first = None
-    n = 0
     with httpx.stream("GET", url, timeout=600) as r:
         r.raise_for_status()
-        for chunk in r.iter_raw(1024 * 1024):
-            if first is None:
-                first = time.perf_counter() - t0
-            n += len(chunk)
-    total = time.perf_counter() - t0
-    return {
-        "ttfb_s": round(first or total, 4),
-        "total_s": round(total, 3),
-        "bytes": n,
-        "mb_per_s": round(n / total / 1e6, 1),
-    }
+        return _measure(t0, r.iter_raw(1024 * 1024))
 
 
 def read_disk(path: Path) -> dict:
     t0 = time.perf_counter()
-    n = 0
-    first = None
     with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            if first is None:
-                first = time.perf_counter() - t0
-            n += len(chunk)
+        return _measure(t0, iter(lambda: f.read(1024 * 1024), b""))
+
+
+def _measure(t0: float, chunks: Iterator[bytes]) -> dict:
+    first = None
+    n = 0
+    for chunk in chunks:
+        if first is None:
+            first = time.perf_counter() - t0
+        n += len(chunk)
     total = time.perf_counter() - t0
     return {
         "ttfb_s": round(first or total, 4),

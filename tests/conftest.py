@@ -65,6 +65,22 @@ def run_hfbt(*args: str, env: dict | None = None, timeout: float = 120) -> subpr
     )
 
 
+def pull_cmd(tracker_url: str, cache: Path, *extra: str, repo: str = MODEL) -> list[str]:
+    """`hfbt pull` arguments for an embedded (agent-less), quiet pull into `cache`."""
+    return [
+        "pull",
+        repo,
+        "--tracker",
+        tracker_url,
+        "--cache-dir",
+        str(cache),
+        "--agent",
+        "none",
+        "-q",
+        *extra,
+    ]
+
+
 def files_of(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()

@@ -17,7 +17,7 @@ import pytest
 from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 
 from hfbt.cluster import LocalCluster
-from tests.conftest import DATASET, MODEL, Deployment, files_of, make_origin, run_hfbt
+from tests.conftest import DATASET, MODEL, Deployment, files_of, make_origin, pull_cmd, run_hfbt
 
 
 def origin_stats(d: Deployment) -> dict:
@@ -184,17 +184,7 @@ def test_killed_pull_leaves_no_partial_file_under_a_final_name_and_resumes(tmp_p
         cluster.start_tracker(ref_ttl=300)
         cluster.start_seed(extra=("--upload-mbit", "24"))  # ~3 MB/s: the pull is still running when killed
         cache = tmp_path / "cache"
-        args = [
-            "pull",
-            MODEL,
-            "--tracker",
-            cluster.tracker_url,
-            "--cache-dir",
-            str(cache),
-            "--agent",
-            "none",
-            "-q",
-        ]
+        args = pull_cmd(cluster.tracker_url, cache)
         proc = subprocess.Popen(
             [sys.executable, "-m", "hfbt", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -236,17 +226,7 @@ def test_nodes_start_on_shard_1_while_shard_2_still_comes_from_the_origin(tmp_pa
         cluster.start_tracker(ref_ttl=300)
         seed = cluster.start_seed(extra=("--parallel-files", "1"))
         node = cluster.start_agent("node1")
-        r = run_hfbt(
-            "pull",
-            MODEL,
-            "--tracker",
-            cluster.tracker_url,
-            "--cache-dir",
-            str(node.cache_dir),
-            "--agent",
-            node.url,
-            "-q",
-        )
+        r = run_hfbt(*pull_cmd(cluster.tracker_url, node.cache_dir, "--agent", node.url))
         assert r.returncode == 0, r.stderr
         shard1, shard2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
         published = _event_time(node.proc.log_text(), "blob_published", shard1)
@@ -277,9 +257,6 @@ def test_pull_with_no_seed_fails_after_the_stall_timeout(tmp_path: Path) -> None
     with LocalCluster(tmp_path / "run") as cluster:
         cluster.start_origin(make_origin(tmp_path / "origin"))
         cluster.start_tracker()
-        r = run_hfbt(
-            *["pull", MODEL, "--tracker", cluster.tracker_url, "--cache-dir", str(tmp_path / "c")],
-            *["--agent", "none", "--stall-timeout", "2", "-q"],
-        )
+        r = run_hfbt(*pull_cmd(cluster.tracker_url, tmp_path / "c", "--stall-timeout", "2"))
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "no progress" in r.stderr and "no seed is registered" in r.stderr

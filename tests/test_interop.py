@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from hfbt.cluster import LocalCluster, free_port
-from tests.conftest import MODEL, files_of, make_origin, run_hfbt
+from tests.conftest import MODEL, files_of, make_origin, pull_cmd, run_hfbt
 
 TOKEN = "cluster-secret-123"
 
@@ -84,17 +84,7 @@ def test_cluster_token_guards_api_announce_and_pull(secured, tmp_path: Path) -> 
     )
     assert forged.status_code >= 400 and b"failure reason" in forged.content
     cache = tmp_path / "cache"
-    args = [
-        "pull",
-        MODEL,
-        "--tracker",
-        cluster.tracker_url,
-        "--cache-dir",
-        str(cache),
-        "--agent",
-        "none",
-        "-q",
-    ]
+    args = pull_cmd(cluster.tracker_url, cache)
     denied = run_hfbt(*args)
     assert denied.returncode == 1 and "Traceback" not in denied.stderr and "nauthorized" in denied.stderr
     ok = run_hfbt(*args, env={"HFBT_AUTH_TOKEN": TOKEN})
