@@ -52,6 +52,9 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         cluster.start_tracker(ref_ttl=marker.args[0] if marker else 300)
         cluster.start_seed()
         yield Deployment(cluster, root)
+    # Every process, whatever the test did to it, reports problems as one line, never a traceback.
+    logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "run" / "logs").glob("*.log")}
+    assert not [name for name, text in logs.items() if "Traceback" in text], logs
 
 
 def run_hfbt(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

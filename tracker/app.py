@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, ManifestError, check_repo_id, check_repo_type, check_revision, is_commit
+from hfbt.metrics import CONTENT_TYPE, AnnounceObserver, TrackerMetrics, render
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
@@ -112,6 +113,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # for the signal handler in tracker/server.py
         task = asyncio.create_task(housekeeping())
         log.info("event=tracker_started db=%s auth=%s ref_ttl=%s", cfg.db, auth.enabled, cfg.ref_ttl)
         try:
@@ -127,6 +129,8 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     app.state.peers = peers
     app.state.scheduler = scheduler
     app.state.auth = auth
+    metrics = TrackerMetrics(peers, registry, JOB_STATES, scheduler.seed_timeout)
+    app.state.metrics = metrics
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -162,6 +166,11 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"ok": True}
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        # Public like /healthz: counts only, no repo names, node names or tokens (hfbt/metrics.py).
+        return Response(render(metrics.registry), media_type=CONTENT_TYPE)
 
     # -- announce / scrape -----------------------------------------------------------------------
 
@@ -368,6 +377,21 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
             raise ApiError(422, "BadRequest", f"state must be one of {', '.join(JOB_STATES)}")
         return {"jobs": [j.to_dict() for j in registry.list_jobs(limit, state)]}
 
+    @api.get("/seeds")
+    async def list_seeds() -> dict:
+        cutoff = time.time() - scheduler.seed_timeout
+        return {
+            "seeds": [
+                {
+                    "seed_id": s.seed_id,
+                    "origin": s.origin,
+                    "last_seen": s.last_seen,
+                    "alive": s.last_seen >= cutoff,
+                }
+                for s in registry.seeds()
+            ]
+        }
+
     @api.get("/swarms")
     async def swarms() -> dict:
         now = time.time()
@@ -386,6 +410,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
 
     app.include_router(api)
     app.add_middleware(RequestLog)
+    app.add_middleware(AnnounceObserver, metrics=metrics)
     return app
 
 

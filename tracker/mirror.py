@@ -81,6 +81,7 @@ class Scheduler:
         self._queued = asyncio.Event()
         self._job_events: dict[str, asyncio.Event] = {}
         self._polling: dict[str, int] = {}
+        self._closing = False
         # The seeds that ran them are gone with the previous process, or will ask again.
         for job in registry.requeue_running():
             log.info("event=job_requeued id=%s reason=restart", job.id)
@@ -96,6 +97,13 @@ class Scheduler:
     def _notify_queued(self) -> None:
         ev, self._queued = self._queued, asyncio.Event()
         ev.set()
+
+    def close(self) -> None:
+        """Wake every long-poll: a shutdown must not wait (then cancel, with a traceback) for them."""
+        self._closing = True
+        self._notify_queued()
+        for job_id in list(self._job_events):
+            self._notify_job(job_id)
 
     # -- nodes -----------------------------------------------------------------------------------
 
@@ -149,7 +157,7 @@ class Scheduler:
             if answer is not None:
                 return answer
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 return Lookup(job=job, seeds=self.alive_seeds())
             try:
                 await asyncio.wait_for(event.wait(), remaining)
@@ -209,7 +217,7 @@ class Scheduler:
                     self._notify_job(job.id)
                     return job
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._closing:
                     return None
                 try:
                     await asyncio.wait_for(event.wait(), remaining)

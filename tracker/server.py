@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import FrameType
 
 import uvicorn
 
@@ -28,10 +29,19 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn waits for open requests before the app's own shutdown: end the long-polls first.
+        loop = getattr(self.config.app.state, "loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(self.config.app.state.scheduler.close)
+        super().handle_exit(sig, frame)
+
+
 def serve(cfg: TrackerConfig) -> None:
     configure_logging()
     app = create_app(cfg)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=cfg.host,
         port=cfg.port,
@@ -40,3 +50,4 @@ def serve(cfg: TrackerConfig) -> None:
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         server_header=False,
     )
+    _Server(config).run()
