@@ -56,7 +56,7 @@ class _Entry:
 
 def session_settings(cfg: SwarmConfig) -> dict:
     mbit = 1_000_000 // 8
-    return {
+    settings = {
         "listen_interfaces": f"{cfg.listen_host}:{cfg.listen_port}",
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
@@ -95,6 +95,7 @@ def session_settings(cfg: SwarmConfig) -> dict:
             | lt.alert_category.tracker
         ),
     }
+    return {**settings, **cfg.lt_settings}
 
 
 class Swarm:
@@ -192,6 +193,11 @@ class Swarm:
         # A node can announce a moment before the seed does and get no peers; waiting a whole
         # announce interval for the next try would stall the pull.
         self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+
+    def super_seed(self, ih: str) -> None:
+        """Super seeding (BEP 16) for a complete torrent: each peer is shown only pieces no other peer
+        has been given yet, so the swarm, not the seed, spreads the copies."""
+        self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
 
     def has(self, ih: str) -> bool:
         with self._lock:

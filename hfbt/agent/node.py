@@ -288,6 +288,28 @@ class Node:
             "rate": rate,
         }
 
+    # --- gc --------------------------------------------------------------------------------------
+
+    def forget(self, paths: list[str]) -> dict:
+        """`hfbt gc` is about to delete these blob files: stop seeding them, or seed a surviving copy.
+
+        The published record goes too (or moves to the copy), so a restart does not re-seed them.
+        """
+        from hfbt.gc import forget_published  # hfbt.gc reaches the agent over HTTP, not this module
+
+        stopped = moved = 0
+        # No lock here: gc holds the node's maintenance lock, so one forget runs at a time.
+        for change in forget_published(self.published, paths, self.cfg.cache_dir):
+            self.swarm.remove(change.old.info_hash)
+            if change.new is None:
+                stopped += 1
+                log.info("event=blob_forgotten path=%s", change.old.path)
+                continue
+            self.swarm.add(change.torrent, Path(change.new.path).parent, seeding=True)
+            moved += 1
+            log.info("event=blob_moved from=%s to=%s", change.old.path, change.new.path)
+        return {"stopped": stopped, "moved": moved}
+
 
 class _StallWatch:
     """Fails a pull that has made no progress for `limit` seconds, instead of waiting forever."""

@@ -18,7 +18,8 @@ from hfbt.cache import verify_blob
 from hfbt.config import SeedConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
-from hfbt.manifest import FileEntry, Manifest, ManifestError
+from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
+from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.swarm import Swarm
 from hfbt.torrents import make_blob_torrent
@@ -26,6 +27,7 @@ from hfbt.trackerclient import TrackerClient
 
 log = logging.getLogger("hfbt.seed")
 JOB_SLOTS = 4
+SUPER_SEED_MIN_PIECES = 8
 
 
 class SeedService:
@@ -37,6 +39,7 @@ class SeedService:
         self.origin = Origin(cfg.origin, cfg.token, cfg.data_dir / "hub")
         self.store = PublishedStore(cfg.data_dir / "published")
         self.swarm = Swarm(cfg.swarm)
+        self.metrics = SeedMetrics(self.swarm)  # served by `hfbt seed --metrics-port`
         self._announce: list[str] = []
         self._etag_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -93,7 +96,10 @@ class SeedService:
 
     def _seed(self, rec: PublishedBlob, torrent: bytes) -> None:
         # Our own torrent plus this seed's announce URL: no tracker round trip (or Hub token check) per blob.
-        self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=self._announce)
+        ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=self._announce)
+        # Small blobs (a few pieces) stalled under libtorrent's super seeding and cost little anyway.
+        if self.cfg.swarm.super_seed and rec.size >= SUPER_SEED_MIN_PIECES * PIECE_LENGTH:
+            self.swarm.super_seed(ih)
 
     # --- one job ---
 
@@ -101,6 +107,7 @@ class SeedService:
         t0 = time.monotonic()
         rt, rid, rev = job["repo_type"], job["repo_id"], job["revision"]
         log.info("event=mirror_start job=%s repo=%s/%s revision=%s", job["id"], rt, rid, rev)
+        self.metrics.job_started()
         try:
             commit = self.mirror(rt, rid, rev, job["id"])
         except HfbtError as e:
@@ -117,6 +124,7 @@ class SeedService:
         log.info("event=mirror_done job=%s commit=%s seconds=%.1f", job["id"], commit, time.monotonic() - t0)
 
     def _report(self, job_id: str, **kw) -> None:
+        self.metrics.job_finished(ok=kw["ok"])  # every job reports exactly once
         try:
             self.tracker.job_result(job_id, **kw)
         except HfbtError as e:
@@ -167,6 +175,7 @@ class SeedService:
         if not verify_blob(blob, f):
             blob.unlink(missing_ok=True)
             raise HfbtError("OriginError", f"{f.path}: the origin sent bytes that do not match {f.etag}")
+        self.metrics.blob_fetched(f.size)
         torrent = make_blob_torrent(blob, f.etag)
         rec = PublishedBlob(f.etag, torrent.info_hash, f.size, str(blob))
         self.store.put(rec, torrent.data)
