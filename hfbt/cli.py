@@ -230,6 +230,7 @@ def _node_config(
     node_name: str | None,
     swarm: C.SwarmConfig,
     stall_timeout: float,
+    fallback_origin: str | None = None,
 ) -> C.NodeConfig:
     cache = (cache_dir or C.default_hf_cache()).expanduser().resolve()
     return C.NodeConfig(
@@ -240,9 +241,18 @@ def _node_config(
         node_name=node_name or socket.gethostname(),
         swarm=swarm,
         stall_timeout=stall_timeout,
+        fallback_origin=fallback_origin,
     )
 
 
+FallbackOrigin = Annotated[
+    str | None,
+    typer.Option(
+        "--fallback-origin",
+        help="Hub endpoint to fetch a file from when the swarm stalls on it (default: fail the pull).",
+        envvar="HFBT_FALLBACK_ORIGIN",
+    ),
+]
 StallTimeout = Annotated[
     float,
     typer.Option(
@@ -301,6 +311,7 @@ def agent(
     auth_token: AuthToken = None,
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
+    fallback_origin: FallbackOrigin = None,
     upload_mbit: Annotated[
         float,
         typer.Option("--upload-mbit", help="Upload cap in Mbit/s (0 = none).", envvar="HFBT_UPLOAD_MBIT"),
@@ -325,7 +336,9 @@ def agent(
         download_mbit=download_mbit,
         lt_settings=_lt_settings(lt_setting),
     )
-    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
+    node = _node_config(
+        tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout, fallback_origin
+    )
     serve(C.AgentConfig(node=node, host=host, port=port, shim_port=shim_port, origin=origin))
 
 
@@ -357,6 +370,7 @@ def pull(
     ] = "auto",
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
+    fallback_origin: FallbackOrigin = None,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Your Hub token: needed for private or gated repos.", envvar="HF_TOKEN"),
@@ -375,7 +389,9 @@ def pull(
     from hfbt.pull import run_pull
 
     swarm = C.SwarmConfig(listen_port=bt_port)
-    node = _node_config(tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout)
+    node = _node_config(
+        tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout, fallback_origin
+    )
     req = PullRequest(
         repo_id, repo_type, revision, tuple(include or ()), tuple(exclude or ()), timeout, token
     )
@@ -502,6 +518,7 @@ def prefetch(
     agent: AgentOpt = "auto",
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
+    fallback_origin: FallbackOrigin = None,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Hub token for private or gated repos.", envvar="HF_TOKEN"),
@@ -533,7 +550,14 @@ def prefetch(
             return
         swarm = C.SwarmConfig(listen_port=0)
         node = _node_config(
-            spec.tracker or tracker, cache_dir, state_dir, auth_token, node_name, swarm, stall_timeout
+            spec.tracker or tracker,
+            cache_dir,
+            state_dir,
+            auth_token,
+            node_name,
+            swarm,
+            stall_timeout,
+            fallback_origin,
         )
         run = P.PrefetchRun(node, _agent_url(agent), agent not in ("auto", "none"), timeout, token)
         with maintenance_lock(node.state_dir, "prefetch"):

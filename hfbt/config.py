@@ -108,6 +108,9 @@ class NodeConfig:
     node_name: str = "anonymous"
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     stall_timeout: float = STALL_TIMEOUT_S  # a pull with no progress for this long fails (0 = never)
+    # P2P must never be worse than direct: with this set, a stalled file is fetched from this origin
+    # (through huggingface_hub, checked against the manifest) instead of failing the pull.
+    fallback_origin: str | None = None
 
 
 @dataclass

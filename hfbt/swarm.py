@@ -311,12 +311,17 @@ class Swarm:
     # --- shutdown ------------------------------------------------------------------------------
 
     def close(self, save_resume: bool = True) -> None:
-        if save_resume and self._resume_dir:
-            self._save_resume_incomplete()
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._ses.pause()
-        del self._ses
+        try:
+            if save_resume and self._resume_dir:
+                self._save_resume_incomplete()
+        except Exception:  # resume data only saves a recheck: never let it keep the session alive
+            log.exception("event=resume_save_failed")
+        finally:
+            # The alert thread must be gone before the session is: libtorrent aborts the process otherwise.
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._ses.pause()
+            del self._ses
 
     def _save_resume_incomplete(self, timeout: float = 10.0) -> None:
         # Only downloads need resume data: complete blobs are re-added in seed mode without a check.
@@ -324,7 +329,9 @@ class Swarm:
             pending = [e for e in self._entries.values() if not e.finished.is_set()]
         for e in pending:
             e.resumed.clear()
-            e.handle.save_resume_data(lt.resume_data_flags_t.save_info_dict)
+            e.handle.save_resume_data(
+                lt.save_resume_flags_t.save_info_dict | lt.save_resume_flags_t.flush_disk_cache
+            )
         deadline = time.monotonic() + timeout
         for e in pending:
             e.resumed.wait(max(0.0, deadline - time.monotonic()))

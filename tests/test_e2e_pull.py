@@ -260,3 +260,29 @@ def test_pull_with_no_seed_fails_after_the_stall_timeout(tmp_path: Path) -> None
         r = run_hfbt(*pull_cmd(cluster.tracker_url, tmp_path / "c", "--stall-timeout", "2"))
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "no progress" in r.stderr and "no seed is registered" in r.stderr
+
+
+def test_a_stalled_file_falls_back_to_the_origin_when_asked(deployment: Deployment, tmp_path: Path) -> None:
+    # node1 completes the revision, then the seed and node1 go away: the swarm has no copy left.
+    node1 = deployment.cluster.start_agent("node1")
+    assert run_hfbt(*pull_args(deployment, node1.cache_dir, MODEL, "--agent", node1.url)).returncode == 0
+    for proc in list(deployment.cluster.procs):
+        if proc.name in ("node1", "seed"):
+            proc.popen.terminate()
+            proc.popen.wait(10)
+            deployment.cluster.procs.remove(proc)
+    httpx.post(f"{deployment.cluster.origin_url}/_hfbt/stats/reset")
+    cache = tmp_path / "cache"
+    failed = run_hfbt(*pull_cmd(deployment.cluster.tracker_url, cache, "--stall-timeout", "2"))
+    assert failed.returncode == 1 and "no peer sent data" in failed.stderr
+    # A pull that ends keeps resume data for what it had started (default state dir: beside the cache).
+    assert list((tmp_path / ".hfbt-cache" / "resume").glob("*.resume"))
+    ok = run_hfbt(
+        *pull_cmd(deployment.cluster.tracker_url, cache, "--stall-timeout", "2"),
+        *["--fallback-origin", deployment.cluster.origin_url],
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert files_of(Path(ok.stdout.strip().splitlines()[-1])) == files_of(deployment.model_dir)
+    assert_cache_valid(cache)
+    # It came from the origin (and was checked against the manifest like any blob).
+    assert origin_stats(deployment)["total_bytes"] > 0

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +22,10 @@ from pathlib import Path
 from hfbt import cache
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
+from hfbt.hub import Origin
 from hfbt.manifest import (
     FileEntry,
+    Manifest,
     check_repo_id,
     check_repo_type,
     check_revision,
@@ -145,12 +149,20 @@ class Node:
                 emit(progress)
                 last_emit = now
                 missing = [f.path for f in selected if f.path not in done]
-                stall.check(
-                    (progress["files_done"], progress["done"]),
-                    f"{req.repo_id}@{manifest.commit[:12]}: no peer sent data for {', '.join(missing[:3])}"
-                    + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                    + " (is a seed running, and can it reach the origin?)",
-                )
+                names = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                try:
+                    stall.check(
+                        (progress["files_done"], progress["done"]),
+                        f"{req.repo_id}@{manifest.commit[:12]}: no peer sent data for {names}"
+                        " (is a seed running, and can it reach the origin?)",
+                    )
+                except HfbtError:
+                    if not self.cfg.fallback_origin:
+                        raise
+                    for f in selected:
+                        if f.path not in done:
+                            self._from_origin(repo, manifest, f, req.token, downloads.pop(f.etag, None))
+                            done.add(f.path)
             _check_deadline(deadline, req)
             time.sleep(POLL_S)
             if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
@@ -187,6 +199,35 @@ class Node:
         with self._guard:
             self._joined[f.etag] = f.info_hash
         return _Download(f, f.info_hash, torrent)
+
+    def _from_origin(
+        self, repo: Path, manifest: Manifest, f: FileEntry, token: str | None, stalled: _Download | None
+    ) -> None:
+        """The swarm could not deliver this file: fetch it from the origin, check it, publish and seed it."""
+        log.warning(
+            "event=origin_fallback path=%s size=%d origin=%s", f.path, f.size, self.cfg.fallback_origin
+        )
+        scratch = self.cfg.state_dir / "origin-fallback" / uuid.uuid4().hex
+        try:
+            with self._etag_lock(f.etag):
+                if stalled is not None:
+                    self.swarm.remove(stalled.info_hash)
+                    (cache.blobs_dir(repo) / cache.partial_name(f.etag)).unlink(missing_ok=True)
+                if not cache.has_blob(repo, f):
+                    origin = Origin(self.cfg.fallback_origin or "", token, scratch)
+                    got = origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
+                    if not cache.verify_blob(got, f):
+                        raise HfbtError("Integrity", f"{f.path}: the origin's bytes do not match {f.etag}")
+                    cache.import_blob(repo, f, got)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        cache.link_snapshot(repo, manifest.commit, f)
+        if f.info_hash and not self.swarm.has(f.info_hash):
+            # Seed what we fetched: the next node gets it from us, not from the origin.
+            torrent = stalled.torrent if stalled else self.tracker.torrent(f.info_hash, hf_token=token)
+            final = cache.blob_path(repo, f.etag)
+            self.swarm.add(torrent, final.parent, seeding=True)
+            self.published.put(PublishedBlob(f.etag, f.info_hash, f.size, str(final)), torrent)
 
     # --- for readers that stream (the HF_ENDPOINT shim) --------------------------------------------
 
