@@ -314,8 +314,8 @@ class Swarm:
         try:
             if save_resume and self._resume_dir:
                 self._save_resume_incomplete()
-        except Exception:  # resume data only saves a recheck: never let it keep the session alive
-            log.exception("event=resume_save_failed")
+        except Exception as e:  # resume data only saves a recheck: never let it keep the session alive
+            log.warning("event=resume_save_failed error=%r", e)
         finally:
             # The alert thread must be gone before the session is: libtorrent aborts the process otherwise.
             self._stop.set()
