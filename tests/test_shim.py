@@ -225,3 +225,24 @@ def test_origin_unreachable_gives_a_hub_shaped_error(tmp_path: Path) -> None:
         r = httpx.get(f"{agent.shim_url}/api/whoami-v2")
         assert r.status_code == 502 and "could not be reached" in r.json()["error"]
         assert r.headers.get("x-error-message")
+
+
+def test_transformers_downloads_through_the_shim_with_only_hf_endpoint_set(env: Env, tmp_path: Path) -> None:
+    script = (
+        "from transformers import PretrainedConfig\n"
+        "from transformers.utils import cached_file\n"
+        f"cfg = PretrainedConfig.from_pretrained({MODEL!r})\n"
+        f"print(cfg.hidden_size)\n"
+        f"print(cached_file({MODEL!r}, {SHARD!r}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_ENDPOINT": env.url, "HF_HOME": str(tmp_path / "hf-home")},
+    )
+    assert r.returncode == 0, r.stderr
+    hidden, shard = r.stdout.strip().splitlines()[-2:]
+    assert hidden == "64"
+    assert Path(shard).read_bytes() == env.originals("model")[SHARD]
