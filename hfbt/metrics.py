@@ -27,7 +27,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # `*_created` timestamps double the output and no hfbt dashboard needs them.
@@ -158,6 +157,14 @@ class TrackerMetrics:
         self._seed_timeout = seed_timeout
         self.registry.register(_Scrape(self._state))
 
+    def observe_request(self, path: str, query: bytes, status: int, seconds: float) -> None:
+        """Called by the tracker's request middleware once per request: counts and times announces."""
+        if path.startswith("/scrape"):
+            self.scrapes.inc()
+        elif path.startswith("/announce"):
+            self.latency.observe(seconds)
+            self.announces.labels(_event(query), _outcome(status)).inc()
+
     def _state(self) -> Iterable[Metric]:
         now = time.time()
         seeders = leechers = 0
@@ -171,46 +178,16 @@ class TrackerMetrics:
         peers.add_metric(["leecher"], leechers)
         yield peers
         yield GaugeMetricFamily("hfbt_tracker_swarms", "Torrents with at least one live peer.", len(swarms))
-        # The registry has no count methods; these two reads are cheap indexed COUNTs on its own lock.
-        torrents = self._db._one("SELECT COUNT(*) FROM torrents")[0]
-        yield GaugeMetricFamily("hfbt_tracker_torrents", "Blob torrents registered.", torrents)
-        counts = dict(self._db._all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        yield GaugeMetricFamily(
+            "hfbt_tracker_torrents", "Blob torrents registered.", self._db.torrent_count()
+        )
+        counts = self._db.job_counts()
         jobs = GaugeMetricFamily("hfbt_tracker_mirror_jobs", "Mirror jobs by state.", labels=["state"])
         for state in self._job_states:
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
         alive = sum(1 for s in self._db.seeds() if s.last_seen >= now - self._seed_timeout)
         yield GaugeMetricFamily("hfbt_tracker_seeds", "Registered seeds alive (heard from recently).", alive)
-
-
-class AnnounceObserver:
-    """ASGI middleware: counts announces by event and outcome and times them (app.add_middleware)."""
-
-    def __init__(self, app: ASGIApp, metrics: TrackerMetrics) -> None:
-        self.app = app
-        self.m = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith("/scrape"):
-            self.m.scrapes.inc()
-        if not path.startswith("/announce"):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def observe(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observe)
-        finally:
-            self.m.latency.observe(time.perf_counter() - start)
-            self.m.announces.labels(_event(scope.get("query_string", b"")), _outcome(status)).inc()
 
 
 def _event(query: bytes) -> str:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, ManifestError, check_repo_id, check_repo_type, check_revision, is_commit
-from hfbt.metrics import CONTENT_TYPE, AnnounceObserver, TrackerMetrics, render
+from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
@@ -409,8 +409,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         return {"swarms": out}
 
     app.include_router(api)
-    app.add_middleware(RequestLog)
-    app.add_middleware(AnnounceObserver, metrics=metrics)
+    app.add_middleware(RequestLog, observe=metrics.observe_request)
     return app
 
 
@@ -429,8 +428,9 @@ class RequestLog:
     Announces and scrapes are the bulk of the traffic: they log at DEBUG, the API at INFO.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[str, bytes, int, float], None] | None = None) -> None:
         self.app = app
+        self.observe = observe  # (path, query, status, seconds): the metrics see every request here too
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -449,6 +449,8 @@ class RequestLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
+            if self.observe is not None:
+                self.observe(path, scope.get("query_string", b""), status, time.perf_counter() - start)
             level = logging.INFO if path.startswith("/api/") else logging.DEBUG
             if log.isEnabledFor(level):
                 client = scope.get("client") or ("-", 0)

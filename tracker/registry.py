@@ -257,6 +257,12 @@ class Registry:
             )
         ]
 
+    def torrent_count(self) -> int:
+        return self._one("SELECT COUNT(*) FROM torrents")[0]
+
+    def job_counts(self) -> dict[str, int]:
+        return dict(self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+
     def origin_url(self) -> str | None:
         """The origin the most recently seen seed mirrors from (where node Hub tokens are checked)."""
         row = self._all(
