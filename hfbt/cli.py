@@ -165,7 +165,7 @@ def seed(
         typer.Option(
             "--parallel-files", help="Files fetched from the origin at once.", envvar="HFBT_PARALLEL_FILES"
         ),
-    ] = 2,
+    ] = C.SeedConfig.parallel_files,
     metrics_port: Annotated[
         int,
         typer.Option(
