@@ -22,6 +22,7 @@ import libtorrent as lt
 import pytest
 from fastbencode import bdecode, bencode
 
+from hfbt.cluster import free_port
 from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH
 from tracker.auth import passkey_for
@@ -33,12 +34,6 @@ _SERVE = (
     "import json, sys; from tracker.server import serve; from hfbt.config import TrackerConfig;"
     "serve(TrackerConfig(**json.loads(sys.argv[1])))"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
