@@ -93,11 +93,21 @@ def tracker(
             "--announce-interval", help="Seconds between announces.", envvar="HFBT_ANNOUNCE_INTERVAL"
         ),
     ] = C.ANNOUNCE_INTERVAL_S,
+    handout: Annotated[
+        str,
+        typer.Option(
+            "--handout", help="Peer handout policy: random-mix or seed-fanout.", envvar="HFBT_HANDOUT"
+        ),
+    ] = C.TrackerConfig.handout,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the private tracker, revision registry and mirror scheduler."""
     _setup_logs(log_level)
+    from tracker.handout import POLICIES
     from tracker.server import serve
+
+    if handout not in POLICIES:
+        _fail(HfbtError("BadRequest", f"--handout must be one of {', '.join(POLICIES)}, not {handout!r}"))
 
     cfg = C.TrackerConfig(
         db=db,
@@ -107,6 +117,7 @@ def tracker(
         public_url=public_url,
         ref_ttl=ref_ttl,
         announce_interval=announce_interval,
+        handout=handout,
     )
     serve(cfg)
 

@@ -58,6 +58,7 @@ class TrackerConfig:
     public_url: str | None = None  # base URL written into .torrent files; default: the URL the caller used
     ref_ttl: float = REF_TTL_S
     announce_interval: int = ANNOUNCE_INTERVAL_S
+    handout: str = "random-mix"  # peer handout policy, one of tracker.handout.POLICIES
 
 
 @dataclass

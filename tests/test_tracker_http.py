@@ -538,3 +538,11 @@ def test_registry_survives_a_restart(start_tracker: Callable[..., Tracker], tmp_
         assert c.get(f"/announce?{q}").status_code == 200
         # The job that was running on the old process is back in the queue.
         assert [(j["id"], j["state"]) for j in jobs_for(c, "acme/other")] == [(job_id, "queued")]
+
+
+def test_unknown_handout_policy_is_refused_with_one_line(tmp_path: Path) -> None:
+    from tests.conftest import run_hfbt
+
+    r = run_hfbt("tracker", "--handout", "nope", "--db", str(tmp_path / "t.db"), timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "--handout must be one of random-mix, seed-fanout" in r.stderr

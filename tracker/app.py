@@ -29,7 +29,7 @@ from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
-from tracker.handout import select_peers
+from tracker.handout import POLICIES
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
 from tracker.peers import Peer, PeerStore
 from tracker.registry import JOB_STATES, Registry
@@ -98,6 +98,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     peers = PeerStore(ttl=2 * cfg.announce_interval)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
     auth = Auth(cfg.auth_token)
+    handout = POLICIES[cfg.handout]
     access = AccessChecker(registry.origin_url)
     interval = max(1, int(cfg.announce_interval))
     min_interval = max(1, interval // 2)
@@ -196,7 +197,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         else:
             me = Peer(a.peer_id, a.ip, a.port, a.left, now)
             peers.upsert(a.info_hash, me, completed=a.event == "completed")
-            chosen = select_peers(me, peers.peers_for(a.info_hash, now), a.numwant)
+            chosen = handout(me, peers.peers_for(a.info_hash, now), a.numwant)
         body = bt.announce_response(
             chosen, peers.counts(a.info_hash, now), interval, min_interval, a.compact, a.no_peer_id
         )

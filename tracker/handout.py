@@ -73,7 +73,8 @@ def seed_fanout(
 
     Measured (bench/README.md) and NOT selected: the idea was that a seeder feeding a few leechers
     sends each piece about once, but the chosen leechers fetch nearly everything from the seeder
-    (1.79 copies, wall 2.36 × T* vs 2.24 × T* for random_mix at N = 8). Kept to reproduce the result.
+    (1.79 copies, wall 2.36 × T* vs 2.24 × T* for random_mix at N = 8). Kept, as `--handout seed-fanout`,
+    to reproduce the result.
     """
     leechers = [p for p in candidates if not p.seeder]
     chosen = {p.peer_id for p in leechers[:fanout]}
@@ -85,5 +86,6 @@ def seed_fanout(
     return random_mix(requester, leechers, numwant, rng)
 
 
-# The policy the tracker uses; swap the function to change it.
-select_peers = random_mix
+# Interchangeable policies, chosen with `hfbt tracker --handout NAME` (HFBT_HANDOUT).
+POLICIES = {"random-mix": random_mix, "seed-fanout": seed_fanout}
+DEFAULT_POLICY = "random-mix"
