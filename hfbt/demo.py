@@ -7,7 +7,6 @@ checked with huggingface_hub itself, and the origin's byte counter shows it serv
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from hfbt.agent.client import AgentClient
 from hfbt.agent.node import PullRequest
 from hfbt.cluster import LocalCluster
 from hfbt.errors import HfbtError
+from hfbt.hashing import sha256_file
 from hfbt.synth import make_model_repo
 
 DEMO_REPO = "hfbt-demo/synthetic-7b"
@@ -114,10 +114,10 @@ def _pull_all(console: Console, agents: list) -> dict[str, Path]:
 def _verify(console: Console, agents: list, src: Path, snapshots: dict[str, Path]) -> None:
     from huggingface_hub import scan_cache_dir, snapshot_download
 
-    want = {p.relative_to(src).as_posix(): _sha256(p) for p in sorted(src.rglob("*")) if p.is_file()}
+    want = {p.relative_to(src).as_posix(): sha256_file(p) for p in sorted(src.rglob("*")) if p.is_file()}
     for a in agents:
         snap = Path(snapshot_download(DEMO_REPO, cache_dir=a.cache_dir, local_files_only=True))
-        got = {p.relative_to(snap).as_posix(): _sha256(p) for p in sorted(snap.rglob("*")) if p.is_file()}
+        got = {p.relative_to(snap).as_posix(): sha256_file(p) for p in sorted(snap.rglob("*")) if p.is_file()}
         report = scan_cache_dir(a.cache_dir)
         if got != want or report.warnings or snap != snapshots[a.name]:
             raise HfbtError("DemoFailed", f"{a.name}: cache differs from the origin or scan_cache_dir warned")
@@ -125,11 +125,3 @@ def _verify(console: Console, agents: list, src: Path, snapshots: dict[str, Path
             f"{a.name:8} [green]verified[/green]: snapshot_download(local_files_only=True)"
             f" → {len(got)} files, bytes equal"
         )
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

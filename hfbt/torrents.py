@@ -63,24 +63,3 @@ def make_blob_torrent(path: Path, name: str) -> BlobTorrent:
     }
     info_hash = hashlib.sha1(fastbencode.bencode(info)).hexdigest()
     return BlobTorrent(info_hash, name, size, fastbencode.bencode({b"info": info}))
-
-
-def parse_blob_torrent(data: bytes) -> BlobTorrent:
-    """Check that a .torrent is a hfbt blob torrent and return its identity."""
-    try:
-        meta = fastbencode.bdecode(data)
-        info = meta[b"info"]
-        name = info[b"name"].decode()
-        length = int(info[b"length"])
-        plen = int(info[b"piece length"])
-        pieces = info[b"pieces"]
-    except Exception as e:  # bdecode raises several types on garbage
-        raise TorrentError(f"not a single-file v1 torrent: {e!r}") from e
-    if plen != PIECE_LENGTH:
-        raise TorrentError(f"piece length {plen}, expected {PIECE_LENGTH}")
-    if info.get(b"private") != 1:
-        raise TorrentError("torrent is not private")
-    if length <= 0 or len(pieces) != 20 * ((length + plen - 1) // plen):
-        raise TorrentError("piece count does not match the length")
-    info_hash = hashlib.sha1(fastbencode.bencode(info)).hexdigest()
-    return BlobTorrent(info_hash, name, length, data)

@@ -3,8 +3,10 @@ import hashlib
 import libtorrent as lt
 import pytest
 
-from hfbt.manifest import PIECE_LENGTH
-from hfbt.torrents import TorrentError, make_blob_torrent, parse_blob_torrent
+from hfbt.manifest import PIECE_LENGTH, FileEntry
+from hfbt.torrents import TorrentError, make_blob_torrent
+from tracker.torrentfile import TorrentError as RefusedTorrent
+from tracker.torrentfile import check_blob_torrent
 
 
 @pytest.mark.parametrize("size", [1, PIECE_LENGTH - 1, PIECE_LENGTH, 2 * PIECE_LENGTH + 12345])
@@ -22,7 +24,10 @@ def test_blob_torrent_matches_libtorrent(tmp_path, size):
         ti.hash_for_piece(ti.num_pieces() - 1)
         == hashlib.sha1(data[(ti.num_pieces() - 1) * PIECE_LENGTH :]).digest()
     )
-    assert parse_blob_torrent(t.data) == t
+    # The tracker accepts exactly what a seed makes, with the same info-hash.
+    assert (
+        check_blob_torrent(t.data, FileEntry("x", size, "e" * 64, sha256="e" * 64)).info_hash == t.info_hash
+    )
     # Deterministic: the same content gives the same info-hash on any seed.
     assert make_blob_torrent(p, "e" * 64).info_hash == t.info_hash
 
@@ -35,5 +40,5 @@ def test_empty_file_gets_no_torrent(tmp_path):
 
 
 def test_parse_refuses_garbage():
-    with pytest.raises(TorrentError):
-        parse_blob_torrent(b"not bencode")
+    with pytest.raises(RefusedTorrent):
+        check_blob_torrent(b"not bencode", FileEntry("x", 1, "e" * 64, sha256="e" * 64))
