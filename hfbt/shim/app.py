@@ -71,7 +71,7 @@ def create_app(node: Node, origin_url: str) -> FastAPI:
         repo_id, revision, path = resolve_target(backend, req, repo_type, rest)
         rev = manifests.get(repo_type, repo_id, revision, backend.token)
         f = rev.snapshot.files.get(path)
-        entry = next((e for e in rev.manifest.files if e.path == path), None)
+        entry = rev.entries.get(path)
         if f is None or entry is None:
             # With X-Repo-Commit the client records the miss in .no_exist/<commit>/ and stops asking.
             raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": rev.manifest.commit})

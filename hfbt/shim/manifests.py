@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hfbt.agent.node import Node
 from hfbt.errors import HfbtError
 from hfbt.hubapi import HubError, Snapshot, snapshot_from_manifest
-from hfbt.manifest import Manifest, is_commit
+from hfbt.manifest import FileEntry, Manifest, is_commit
 
 REF_TTL_S = 2.0
 COMMIT_TTL_S = 600.0
@@ -45,6 +45,11 @@ def hub_error(e: HfbtError) -> HubError:
 class Revision:
     manifest: Manifest
     snapshot: Snapshot
+    entries: dict[str, FileEntry]  # by path: a GET looks its file up here, not by scanning the manifest
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Revision:
+        return cls(manifest, snapshot_from_manifest(manifest), {f.path: f for f in manifest.files})
 
 
 class ManifestCache:
@@ -75,7 +80,7 @@ class ManifestCache:
             while True:
                 reply = self._node.tracker.manifest(repo_type, repo_id, revision, wait=20, hf_token=token)
                 if reply.manifest is not None:
-                    return Revision(reply.manifest, snapshot_from_manifest(reply.manifest))
+                    return Revision.of(reply.manifest)
                 if time.monotonic() > deadline:
                     raise HubError(504, f"{repo_id}@{revision} is still being mirrored; retry shortly")
         except HfbtError as e:
