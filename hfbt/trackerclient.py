@@ -65,16 +65,22 @@ class TrackerClient:
         except (KeyError, ManifestError) as e:
             raise HfbtError("BadManifest", f"the tracker sent a manifest hfbt refuses: {e}") from None
 
-    def torrent(self, info_hash: str, hf_token: str | None = None) -> bytes:
-        return self._call("GET", f"/api/v1/torrents/{info_hash}.torrent", headers=_hub_auth(hf_token)).content
+    def torrent(self, info_hash: str, hf_token: str | None = None, pieces: bool = False) -> bytes:
+        """pieces: ask for the seeds' piece servers too (the announce URL then says so)."""
+        params = {"pieces": "1"} if pieces else None
+        path = f"/api/v1/torrents/{info_hash}.torrent"
+        return self._call("GET", path, headers=_hub_auth(hf_token), params=params).content
 
     # --- seeds ---
 
     def announce_url(self) -> str:
         return self._call("GET", "/api/v1/announce-url").json()["announce"]
 
-    def register_seed(self, seed_id: str, origin: str) -> None:
-        self._call("POST", "/api/v1/seeds", json={"seed_id": seed_id, "origin": origin})
+    def register_seed(
+        self, seed_id: str, origin: str, piece_port: int | None = None, piece_url: str | None = None
+    ) -> None:
+        body = {"seed_id": seed_id, "origin": origin, "piece_port": piece_port, "piece_url": piece_url}
+        self._call("POST", "/api/v1/seeds", json=body)
 
     def next_job(self, seed_id: str, wait: float = 25.0) -> dict | None:
         r = self._call("POST", f"/api/v1/seeds/{seed_id}/next-job", params={"wait": wait})

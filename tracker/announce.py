@@ -17,6 +17,11 @@ from tracker.peers import Peer, SwarmCounts
 
 # BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
+# hfbt's own announce parameter (ignored by other clients): what kind of hfbt peer announces.
+ROLE_PARAM = "hfbt"
+ROLE_SEED = "seed"  # the seed service
+ROLE_PIECES = "pieces"  # a node that takes the seed's pieces over HTTP (hfbt/seed/pieces.py)
+ROLES = frozenset({"", ROLE_SEED, ROLE_PIECES})
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200
 _MAX_QUERY = 8192
@@ -40,6 +45,7 @@ class Announce:
     numwant: int | None
     compact: bool
     no_peer_id: bool
+    role: str = ""
 
 
 def parse_query(raw: bytes | str) -> dict[str, list[bytes]]:
@@ -136,6 +142,9 @@ def parse_announce(raw_query: bytes | str, client_ip: str) -> Announce:
     normalized = ip_literal(ip)
     if normalized is None:
         raise AnnounceError("cannot determine the peer's IP address")
+    role = (_first(q, ROLE_PARAM) or b"").decode("ascii", "replace")
+    if role not in ROLES:
+        raise AnnounceError(f"invalid {ROLE_PARAM}: expected {ROLE_SEED} or {ROLE_PIECES}")
     return Announce(
         info_hash=info_hash,
         peer_id=peer_id,
@@ -148,6 +157,7 @@ def parse_announce(raw_query: bytes | str, client_ip: str) -> Announce:
         numwant=None if numwant < 0 else numwant,
         compact=_flag(q, "compact", True),
         no_peer_id=_flag(q, "no_peer_id", False),
+        role=role,
     )
 
 

@@ -29,7 +29,7 @@ from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
-from tracker.handout import POLICIES
+from tracker.handout import POLICIES, keep_roles_apart
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
 from tracker.peers import Peer, PeerStore
 from tracker.registry import JOB_STATES, Registry
@@ -70,6 +70,9 @@ _SEED_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 class SeedIn(BaseModel):
     seed_id: str = Field(pattern=_SEED_ID)
     origin: str | None = Field(default=None, max_length=2048)
+    # The seed's piece server (hfbt/seed/pieces.py): a full URL, or a port on the address it calls from.
+    piece_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    piece_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class RevisionIn(BaseModel):
@@ -97,6 +100,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     registry = Registry(cfg.db)
     peers = PeerStore(ttl=2 * cfg.announce_interval)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
+    piece_urls: dict[str, str] = {}  # seed_id -> its piece server; soft state, seeds re-register
     auth = Auth(cfg.auth_token)
     handout = POLICIES[cfg.handout]
     access = AccessChecker(registry.origin_url)
@@ -195,9 +199,9 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
             peers.remove(a.info_hash, a.peer_id)
             chosen: list[Peer] = []
         else:
-            me = Peer(a.peer_id, a.ip, a.port, a.left, now)
+            me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role)
             peers.upsert(a.info_hash, me, completed=a.event == "completed")
-            chosen = handout(me, peers.peers_for(a.info_hash, now), a.numwant)
+            chosen = handout(me, keep_roles_apart(me, peers.peers_for(a.info_hash, now)), a.numwant)
         body = bt.announce_response(
             chosen, peers.counts(a.info_hash, now), interval, min_interval, a.compact, a.no_peer_id
         )
@@ -284,6 +288,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         name: str,
         x_hfbt_node: str | None = Header(default=None),
         x_hf_token: str | None = Header(default=None),
+        pieces: bool = Query(default=False),
     ) -> Response:
         m = _INFO_HASH_FILE.match(name)
         if not m:
@@ -299,9 +304,16 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
             # A blob only private repos hold: any one of them the token can read will do.
             await require_any_hub_access(sorted({(t, r) for t, r, _, _ in holders}), x_hf_token)
         base = (cfg.public_url or str(request.base_url)).rstrip("/")
-        return Response(
-            torrent_file(base + auth.announce_path(node), info), media_type="application/x-bittorrent"
-        )
+        announce = base + auth.announce_path(node)
+        urls: list[str] = []
+        if pieces:
+            # A node that takes the seeds' pieces over HTTP must not also get the seeds as BT peers
+            # (they would send those pieces again): its announces say so (handout.keep_roles_apart).
+            alive = scheduler.alive_seed_ids()
+            urls = sorted(u for s, u in piece_urls.items() if s in alive)
+            if urls:
+                announce += f"?{bt.ROLE_PARAM}={bt.ROLE_PIECES}"
+        return Response(torrent_file(announce, info, urls), media_type="application/x-bittorrent")
 
     @api.get("/announce-url")
     async def announce_url(request: Request, x_hfbt_node: str | None = Header(default=None)) -> dict:
@@ -333,8 +345,16 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         return {"info_hash": info_hash}
 
     @api.post("/seeds")
-    async def post_seed(body: SeedIn) -> dict:
+    async def post_seed(request: Request, body: SeedIn) -> dict:
         scheduler.heartbeat(body.seed_id, body.origin)
+        url = body.piece_url
+        if not url and body.piece_port and request.client:
+            host = request.client.host
+            url = f"http://[{host}]:{body.piece_port}" if ":" in host else f"http://{host}:{body.piece_port}"
+        if url:
+            piece_urls[body.seed_id] = url.rstrip("/")
+        else:
+            piece_urls.pop(body.seed_id, None)
         return {"ok": True}
 
     @api.post("/seeds/{seed_id}/next-job")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
+from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT, ROLE_PIECES, ROLE_SEED
 from tracker.peers import Peer
 
 _RNG = random.Random()
@@ -20,6 +20,16 @@ def clamp_numwant(numwant: int | None) -> int:
 def others(requester: Peer, candidates: Sequence[Peer]) -> list[Peer]:
     """Everyone but the requester: neither its peer_id nor its ip:port (a restart changes the peer_id)."""
     return [p for p in candidates if p.peer_id != requester.peer_id and p.addr != requester.addr]
+
+
+def keep_roles_apart(requester: Peer, candidates: Sequence[Peer]) -> list[Peer]:
+    """Applied before any policy: a node that takes a seed's pieces over HTTP (hfbt/seed/pieces.py)
+    and that seed never meet in the swarm, or the seed would send those pieces a second time."""
+    if requester.role == ROLE_PIECES:
+        return [p for p in candidates if p.role != ROLE_SEED]
+    if requester.role == ROLE_SEED:
+        return [p for p in candidates if p.role != ROLE_PIECES]
+    return list(candidates)
 
 
 def random_mix(

@@ -196,9 +196,12 @@ class Scheduler:
         self.registry.seed_heartbeat(seed_id, origin, self.clock())
 
     def alive_seeds(self) -> int:
+        return len(self.alive_seed_ids())
+
+    def alive_seed_ids(self) -> set[str]:
         cutoff = self.clock() - self.seed_timeout
         alive = {s.seed_id for s in self.registry.seeds() if s.last_seen >= cutoff}
-        return len(alive | {s for s, n in self._polling.items() if n > 0})
+        return alive | {s for s, n in self._polling.items() if n > 0}
 
     async def next_job(
         self, seed_id: str, wait: float, disconnected: Callable[[], Awaitable[bool]] | None = None

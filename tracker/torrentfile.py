@@ -57,6 +57,16 @@ def check_blob_torrent(raw: bytes, entry: FileEntry) -> BlobTorrent:
     return BlobTorrent(info_hash=hashlib.sha1(encoded).hexdigest(), info=encoded)
 
 
-def torrent_file(announce_url: str, info: bytes) -> bytes:
-    """A .torrent around a stored info dict; the info bytes are embedded verbatim."""
-    return bencode({b"announce": announce_url.encode("utf-8"), b"info": Bencached(info)})
+PIECE_URLS_KEY = b"hfbt-piece-urls"
+
+
+def torrent_file(announce_url: str, info: bytes, piece_urls: list[str] | None = None) -> bytes:
+    """A .torrent around a stored info dict; the info bytes are embedded verbatim.
+
+    piece_urls: the seeds' piece servers (hfbt/seed/pieces.py), outside the info dict so the info-hash
+    stays the same for every node.
+    """
+    meta = {b"announce": announce_url.encode("utf-8"), b"info": Bencached(info)}
+    if piece_urls:
+        meta[PIECE_URLS_KEY] = [u.encode("utf-8") for u in piece_urls]
+    return bencode(meta)
