@@ -188,6 +188,26 @@ def seed(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address /metrics binds to.", envvar="HFBT_METRICS_HOST")
     ] = C.METRICS_HOST,
+    piece_port: Annotated[
+        int,
+        typer.Option(
+            "--piece-port",
+            help="Hand each piece of a blob to one node over HTTP on this port; the nodes trade the rest "
+            "(0 = off: nodes take every piece over BitTorrent).",
+            envvar="HFBT_PIECE_PORT",
+        ),
+    ] = C.SEED_PIECE_PORT,
+    piece_host: Annotated[
+        str, typer.Option("--piece-host", help="Address the piece server binds to.", envvar="HFBT_PIECE_HOST")
+    ] = C.PIECE_HOST,
+    piece_url: Annotated[
+        str | None,
+        typer.Option(
+            "--piece-url",
+            help="URL nodes use for the piece server (default: --piece-port on the seed's address).",
+            envvar="HFBT_PIECE_URL",
+        ),
+    ] = None,
     super_seed: Annotated[
         bool,
         typer.Option(
@@ -220,8 +240,19 @@ def seed(
         parallel_files=parallel_files,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        piece_host=piece_host,
+        piece_port=piece_port,
+        piece_url=piece_url,
     )
     service = SeedService(cfg)
+    if cfg.piece_port:
+        from hfbt.seed.pieces import serve as serve_pieces
+
+        try:
+            serve_pieces(service.pieces, cfg.piece_host, cfg.piece_port, cfg.auth_token)
+        except OSError as e:
+            service.close()
+            _fail(HfbtError("PiecePortBusy", str(e)))
     if cfg.metrics_port:
         from hfbt.metrics import serve as serve_metrics
 

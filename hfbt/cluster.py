@@ -138,6 +138,8 @@ class LocalCluster:
             "--seed-id", name,
             "--bt-port", str(free_port()),
             "--bt-host", "127.0.0.1",
+            "--piece-port", str(free_port()),
+            "--piece-host", "127.0.0.1",
             *self._auth(),
             *extra,
         ]  # fmt: skip

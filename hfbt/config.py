@@ -17,6 +17,7 @@ AGENT_PORT = 6970
 SHIM_PORT = 6971
 AGENT_BT_PORT = 6881
 SEED_BT_PORT = 6882
+SEED_PIECE_PORT = 6883
 DEFAULT_TRACKER = f"http://{DEFAULT_HOST}:{TRACKER_PORT}"
 DEFAULT_AGENT = f"http://{DEFAULT_HOST}:{AGENT_PORT}"
 DEFAULT_ORIGIN = "https://huggingface.co"
@@ -28,6 +29,11 @@ STALL_TIMEOUT_S = 300.0
 # port would collide when several seeds or test clusters share a host).
 METRICS_HOST = "0.0.0.0"
 METRICS_PORT_OFF = 0
+# The seed's piece server (hfbt/seed/pieces.py); port 0 = off (nodes then take every piece over BT).
+PIECE_HOST = "0.0.0.0"
+PIECE_PORT_OFF = 0
+# Blobs with fewer pieces go plain BT: the piece server's bookkeeping buys nothing for them.
+PIECE_SERVER_MIN_PIECES = 8
 # hfbt prefetch / hfbt gc: node-wide maintenance lock and pin records, both in the state dir.
 MAINTENANCE_LOCK = "locks/maintenance.lock"
 PINS_DIR = "pins"
@@ -97,6 +103,9 @@ class SeedConfig:
     parallel_files: int = 1
     metrics_host: str = METRICS_HOST
     metrics_port: int = METRICS_PORT_OFF  # 0 = no /metrics server
+    piece_host: str = PIECE_HOST
+    piece_port: int = SEED_PIECE_PORT
+    piece_url: str | None = None  # what nodes use; default: this port on the address the tracker sees
 
 
 @dataclass

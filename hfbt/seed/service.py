@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hfbt.cache import verify_blob
-from hfbt.config import SeedConfig
+from hfbt.config import PIECE_SERVER_MIN_PIECES, SeedConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
 from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
+from hfbt.seed.pieces import PieceBook
 from hfbt.swarm import Swarm
 from hfbt.torrents import make_blob_torrent
 from hfbt.trackerclient import TrackerClient
@@ -44,6 +45,7 @@ class SeedService:
         self._etag_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._files = ThreadPoolExecutor(max(1, cfg.parallel_files), thread_name_prefix="seed-file")
+        self.pieces = PieceBook()  # served by `hfbt seed --piece-port` (hfbt/seed/pieces.py)
 
     # --- lifecycle ---
 
@@ -71,9 +73,11 @@ class SeedService:
         jobs.shutdown(wait=False, cancel_futures=True)
 
     def _register(self) -> None:
-        self.tracker.register_seed(self.seed_id, self.origin.endpoint)
+        port = self.cfg.piece_port or None
+        self.tracker.register_seed(self.seed_id, self.origin.endpoint, port, self.cfg.piece_url)
         first = not self._announce
-        self._announce = [self.tracker.announce_url()]
+        # The role keeps the seed away from nodes that take its pieces over HTTP (tracker/handout.py).
+        self._announce = [self.tracker.announce_url() + "?hfbt=seed"]
         count = self.reseed() if first else 0
         log.info(
             "event=seed_registered seed_id=%s bt_port=%d reseeded=%d",
@@ -97,6 +101,8 @@ class SeedService:
     def _seed(self, rec: PublishedBlob, torrent: bytes) -> None:
         # Our own torrent plus this seed's announce URL: no tracker round trip (or Hub token check) per blob.
         ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=self._announce)
+        if rec.size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH:
+            self.pieces.add(ih, Path(rec.path), rec.size)
         # Small blobs (a few pieces) stalled under libtorrent's super seeding and cost little anyway.
         if self.cfg.swarm.super_seed and rec.size >= SUPER_SEED_MIN_PIECES * PIECE_LENGTH:
             self.swarm.super_seed(ih)
