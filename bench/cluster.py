@@ -43,6 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SERIES = (2, 4, 8, 12)
 REPO_ID = "bench/synth"
 ORIGIN_PORT, TRACKER_PORT, AGENT_PORT, AGENT_BT_PORT, SEED_BT_PORT = 8090, 6969, 6970, 6881, 6882
+SEED_PIECE_PORT = 6883
 PREMIRROR_MBIT = 10_000  # warm runs: the seed mirrors before the clock starts, over an unshaped link
 
 
@@ -302,7 +303,10 @@ def _run(
         dep.call("tracker", "wait", f"{tracker_url}/healthz")
         seed_args = ["--bt-host", dep.ip["seed"], "--bt-port", str(dep.bt_port["seed"])]
         if loop:
-            seed_args += ["--upload-mbit", str(opts.node_mbit)]
+            # The piece server (HTTP) is not under libtorrent's rate limit: without shaping it is off.
+            seed_args += ["--upload-mbit", str(opts.node_mbit), "--piece-port", "0"]
+        else:
+            seed_args += ["--piece-host", dep.ip["seed"], "--piece-port", str(SEED_PIECE_PORT)]
         seed = lc.spawn(
             "seed",
             "seed", "--tracker", tracker_url, "--origin", origin_url, "--data-dir", str(wd / "seed"),

@@ -119,6 +119,7 @@ class Swarm:
         self._entries: dict[str, _Entry] = {}
         self._removed_up = 0
         self._removed_down = 0
+        self._added_down = 0  # payload handed in with add_piece (the seed's piece server): not BT
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._alert_loop, name="swarm-alerts", daemon=True)
         self._thread.start()
@@ -198,6 +199,24 @@ class Swarm:
         """Super seeding (BEP 16) for a complete torrent: each peer is shown only pieces no other peer
         has been given yet, so the swarm, not the seed, spreads the copies."""
         self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
+
+    def add_piece(self, ih: str, piece: int, data: bytes) -> None:
+        """Hand libtorrent a piece fetched elsewhere; it checks the hash, writes and announces it."""
+        self._entry(ih).handle.add_piece(piece, data, 0)
+        with self._lock:
+            self._added_down += len(data)
+
+    def pieces_without_source(self, ih: str) -> list[int]:
+        """Pieces this node lacks that no connected peer has either."""
+        h = self._entry(ih).handle
+        have = h.status(lt.status_flags_t.query_pieces).pieces
+        avail = h.piece_availability()
+        return [i for i, (got, n) in enumerate(zip(have, avail, strict=False)) if not got and n == 0]
+
+    def replace_trackers(self, ih: str, urls: list[str]) -> None:
+        h = self._entry(ih).handle
+        h.replace_trackers([{"url": u} for u in urls])
+        h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def has(self, ih: str) -> bool:
         with self._lock:
@@ -298,7 +317,7 @@ class Swarm:
         )
 
     def totals(self) -> dict[str, int]:
-        up, down = self._removed_up, self._removed_down
+        up, down = self._removed_up, self._removed_down + self._added_down
         for ih in self.info_hashes():
             try:
                 st = self.status(ih)
@@ -306,7 +325,12 @@ class Swarm:
                 continue
             up += st.uploaded
             down += st.downloaded
-        return {"uploaded": up, "downloaded": down, "torrents": len(self.info_hashes())}
+        return {
+            "uploaded": up,
+            "downloaded": down,
+            "from_piece_servers": self._added_down,
+            "torrents": len(self.info_hashes()),
+        }
 
     # --- shutdown ------------------------------------------------------------------------------
 

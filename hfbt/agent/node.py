@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt import cache
-from hfbt.config import NodeConfig
+from hfbt.agent.pieces import PieceFetcher, piece_urls
+from hfbt.config import PIECE_SERVER_MIN_PIECES, NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
 from hfbt.manifest import (
+    PIECE_LENGTH,
     FileEntry,
     Manifest,
     check_repo_id,
@@ -191,11 +193,18 @@ class Node:
 
     def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
         assert f.info_hash
-        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token)
+        big = f.size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH
+        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=big)
         if not self.swarm.has(f.info_hash):
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
             self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
-            log.info("event=blob_join path=%s size=%d info_hash=%s", f.path, f.size, f.info_hash)
+            urls, plain = piece_urls(torrent)
+            log.info(
+                "event=blob_join path=%s size=%d info_hash=%s piece_servers=%d",
+                f.path, f.size, f.info_hash, len(urls),
+            )  # fmt: skip
+            if urls:
+                PieceFetcher(self.swarm, f.info_hash, urls, plain, self.cfg.auth_token).start()
         with self._guard:
             self._joined[f.etag] = f.info_hash
         return _Download(f, f.info_hash, torrent)

@@ -1,0 +1,218 @@
+"""A node's side of the seed's piece server (hfbt/seed/pieces.py): take the pieces it hands out.
+
+Each worker asks the seed for "the next piece nobody has had" and gives it to libtorrent
+(`Swarm.add_piece`, which checks its SHA-1 and announces it); every other piece comes from the other
+nodes over BitTorrent. Once the seed has handed everything out, the fetcher only watches: when the
+download makes no progress for a while and some missing piece has no source among the peers (the
+node that took it died), it fetches exactly those by index. If no piece server answers at all, the node
+announces without its piece role again, so the tracker hands it the seed as a plain BT peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from fastbencode import bdecode
+
+from hfbt.swarm import Swarm, SwarmError
+
+log = logging.getLogger("hfbt.pieces")
+
+PIECE_URLS_KEY = b"hfbt-piece-urls"  # tracker/torrentfile.py writes it
+PIECE_HEADER = "X-Hfbt-Piece"
+WORKERS = 2  # per blob; IN_FLIGHT bounds them across blobs
+# One piece at a time per node, across all its blobs: each piece the node takes then arrives at its
+# full share of the seed's link, and the node can pass it on sooner (4 blobs x 2 requests each made
+# the first piece take 4-8 times longer, and the other nodes' links sat idle meanwhile).
+IN_FLIGHT = threading.BoundedSemaphore(1)
+RESCUE_AFTER_S = 5.0  # no progress this long, and a missing piece nobody has: fetch it by index
+RESCUE_BATCH = 8  # pieces between two looks at what the peers have meanwhile
+
+
+def piece_urls(torrent: bytes) -> tuple[list[str], str | None]:
+    """The piece servers a .torrent from the tracker names, and its announce URL without the role."""
+    try:
+        meta = bdecode(torrent)
+    except ValueError:
+        return [], None
+    urls = [u.decode("utf-8", "replace") for u in meta.get(PIECE_URLS_KEY, []) if isinstance(u, bytes)]
+    announce = meta.get(b"announce")
+    plain = None
+    if isinstance(announce, bytes):
+        parts = urlsplit(announce.decode("utf-8", "replace"))
+        plain = urlunsplit(parts._replace(query=""))
+    return urls, plain
+
+
+class PieceFetcher:
+    def __init__(
+        self,
+        swarm: Swarm,
+        info_hash: str,
+        urls: list[str],
+        plain_announce: str | None,
+        auth_token: str | None = None,
+    ) -> None:
+        self.swarm = swarm
+        self.info_hash = info_hash
+        self.urls = list(urls)
+        self.plain_announce = plain_announce
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=5.0))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._handed_out = False
+        self._gave_up = False
+        self.fetched = 0  # pieces this node took from the seed
+        self._added: set[int] = set()
+        self._running = 0
+
+    def start(self) -> PieceFetcher:
+        self._running = WORKERS + 1  # set before any thread starts: the last one to end closes the client
+        for i in range(WORKERS):
+            self._spawn(self._take_loop, f"pieces-{self.info_hash[:8]}-{i}")
+        self._spawn(self._watch_loop, f"pieces-{self.info_hash[:8]}-watch")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, target, name: str) -> None:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _done(self) -> bool:
+        if self._stop.is_set():
+            return True
+        try:
+            return self.swarm.wait_finished(self.info_hash, timeout=0)
+        except SwarmError:
+            return True  # removed from the swarm
+
+    # --- handing out: one piece per request, until the seed has given every piece to someone ---
+
+    def _take_loop(self) -> None:
+        try:
+            while not self._done() and not self._handed_out and not self._gave_up:
+                self._take_one()
+        except Exception:  # a fetcher bug must not take the download with it: BT still works
+            log.exception("event=piece_fetcher_failed info_hash=%s", self.info_hash)
+            self._give_up("the piece fetcher failed")
+        finally:
+            self._close_when_idle()
+
+    def _take_one(self) -> None:
+        with IN_FLIGHT:
+            if self._done() or self._handed_out:
+                return
+            self._take_from_any()
+
+    def _take_from_any(self) -> None:
+        for url in list(self.urls):
+            try:
+                r = self._http.post(f"{url}/v1/pieces/{self.info_hash}/next")
+            except httpx.HTTPError as e:
+                self._drop(url, repr(e))
+                continue
+            if r.status_code == 204:
+                self._handed_out = True
+                return
+            if r.status_code != 200 or PIECE_HEADER not in r.headers:
+                self._drop(url, f"HTTP {r.status_code}")
+                continue
+            self._add(int(r.headers[PIECE_HEADER]), r.content)
+            return
+        self._give_up("no piece server answered")
+
+    # --- afterwards: rescue pieces nobody in the swarm has ---
+
+    def _watch_loop(self) -> None:
+        last_done, last_change = -1, time.monotonic()
+        try:
+            while not self._stop.wait(1.0) and not self._done() and not self._gave_up:
+                if not self._handed_out:
+                    last_change = time.monotonic()
+                    continue
+                done = self.swarm.status(self.info_hash).done
+                if done != last_done:
+                    last_done, last_change = done, time.monotonic()
+                    continue
+                if time.monotonic() - last_change >= RESCUE_AFTER_S:
+                    self._rescue()
+                    last_change = time.monotonic()
+        except SwarmError:
+            pass
+        finally:
+            log.info("event=piece_fetch_done info_hash=%s fetched=%d", self.info_hash, self.fetched)
+            self._close_when_idle()
+
+    def _rescue(self) -> None:
+        """Fetch, back to back, every missing piece no peer has; a late node alone gets them all here."""
+        with self._lock:
+            self._added.clear()  # one that failed its hash check last time is wanted again
+        logged = False
+        while not self._done() and not self._gave_up:
+            missing = self.swarm.pieces_without_source(self.info_hash)
+            with self._lock:
+                orphans = [p for p in missing if p not in self._added]
+            if not orphans:
+                return
+            if not logged:
+                log.info("event=piece_rescue info_hash=%s pieces=%d", self.info_hash, len(orphans))
+                logged = True
+            for piece in orphans[:RESCUE_BATCH]:
+                if not self._fetch(piece):
+                    return
+
+    def _fetch(self, piece: int) -> bool:
+        for url in list(self.urls):
+            try:
+                r = self._http.get(f"{url}/v1/pieces/{self.info_hash}/{piece}")
+            except httpx.HTTPError as e:
+                self._drop(url, repr(e))
+                continue
+            if r.status_code == 200:
+                self._add(piece, r.content)
+                return True
+            self._drop(url, f"HTTP {r.status_code}")
+        self._give_up("no piece server answered")
+        return False
+
+    # --- shared ---
+
+    def _add(self, piece: int, data: bytes) -> None:
+        self.swarm.add_piece(self.info_hash, piece, data)
+        with self._lock:
+            self.fetched += 1
+            # libtorrent checks and writes it in the background: until then it still looks missing
+            self._added.add(piece)
+
+    def _drop(self, url: str, why: str) -> None:
+        with self._lock:
+            if url in self.urls:
+                self.urls.remove(url)
+                log.warning(
+                    "event=piece_server_unusable url=%s info_hash=%s why=%r", url, self.info_hash, why
+                )
+
+    def _give_up(self, why: str) -> None:
+        with self._lock:
+            if self._gave_up:
+                return
+            self._gave_up = True
+        log.warning("event=piece_fetch_off info_hash=%s why=%r fallback=bt_seed", self.info_hash, why)
+        if self.plain_announce:
+            try:
+                self.swarm.replace_trackers(self.info_hash, [self.plain_announce])
+            except SwarmError:
+                pass
+
+    def _close_when_idle(self) -> None:
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            self._http.close()
