@@ -213,6 +213,10 @@ class Swarm:
         avail = h.piece_availability()
         return [i for i, (got, n) in enumerate(zip(have, avail, strict=False)) if not got and n == 0]
 
+    def availability(self, ih: str) -> list[int]:
+        """How many connected peers have each piece."""
+        return list(self._entry(ih).handle.piece_availability())
+
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
         h = self._entry(ih).handle
         h.replace_trackers([{"url": u} for u in urls])

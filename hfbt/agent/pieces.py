@@ -29,6 +29,8 @@ WORKERS = 2  # per blob; IN_FLIGHT bounds them across blobs
 # full share of the seed's link, and the node can pass it on sooner (4 blobs x 2 requests each made
 # the first piece take 4-8 times longer, and the other nodes' links sat idle meanwhile).
 IN_FLIGHT = threading.BoundedSemaphore(1)
+UNFORWARDED = 2  # pieces of ours no other node has yet, before we take another
+FORWARD_WAIT_S = 2.0  # ... but never wait longer than this for the others to copy them
 RESCUE_AFTER_S = 5.0  # no progress this long, and a missing piece nobody has: fetch it by index
 RESCUE_BATCH = 8  # pieces between two looks at what the peers have meanwhile
 
@@ -69,6 +71,7 @@ class PieceFetcher:
         self._gave_up = False
         self.fetched = 0  # pieces this node took from the seed
         self._added: set[int] = set()
+        self._taken: list[int] = []  # handed to this node by `next`, in order
         self._running = 0
 
     def start(self) -> PieceFetcher:
@@ -105,10 +108,32 @@ class PieceFetcher:
             self._close_when_idle()
 
     def _take_one(self) -> None:
+        self._wait_until_forwarded()
         with IN_FLIGHT:
             if self._done() or self._handed_out:
                 return
             self._take_from_any()
+
+    def _wait_until_forwarded(self) -> None:
+        """Take no new piece while UNFORWARDED of ours are still at no other node.
+
+        A node that keeps taking pieces faster than the others copy them ends up the only holder of
+        many; its uplink is then the bottleneck of the tail, and a saturated uplink also starves its
+        own downloads (their ACKs queue behind its data).
+        """
+        deadline = time.monotonic() + FORWARD_WAIT_S
+        while not self._done() and time.monotonic() < deadline:
+            with self._lock:
+                taken = list(self._taken)
+            if len(taken) < UNFORWARDED:
+                return
+            st = self.swarm.status(self.info_hash)
+            if st.peers == 0:
+                return  # alone: nobody to forward to
+            avail = self.swarm.availability(self.info_hash)
+            if sum(1 for p in taken if p < len(avail) and avail[p] == 0) < UNFORWARDED:
+                return
+            time.sleep(0.05)
 
     def _take_from_any(self) -> None:
         for url in list(self.urls):
@@ -123,7 +148,10 @@ class PieceFetcher:
             if r.status_code != 200 or PIECE_HEADER not in r.headers:
                 self._drop(url, f"HTTP {r.status_code}")
                 continue
-            self._add(int(r.headers[PIECE_HEADER]), r.content)
+            piece = int(r.headers[PIECE_HEADER])
+            with self._lock:
+                self._taken.append(piece)
+            self._add(piece, r.content)
             return
         self._give_up("no piece server answered")
 
