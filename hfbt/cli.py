@@ -249,7 +249,9 @@ def seed(
         from hfbt.seed.pieces import serve as serve_pieces
 
         try:
-            serve_pieces(service.pieces, cfg.piece_host, cfg.piece_port, cfg.auth_token)
+            serve_pieces(
+                service.pieces, cfg.piece_host, cfg.piece_port, cfg.auth_token, service.metrics.piece_served
+            )
         except OSError as e:
             service.close()
             _fail(HfbtError("PiecePortBusy", str(e)))

@@ -115,7 +115,18 @@ class SeedMetrics:
         self.running = Gauge(
             "hfbt_seed_mirror_jobs_running", "Mirror jobs running on this seed now.", registry=self.registry
         )
+        self.piece_bytes = Counter(
+            "hfbt_seed_piece_server_bytes",
+            "Bytes the piece server sent: how=next (each piece's one hand-out), how=index (re-fetches).",
+            ["how"],
+            registry=self.registry,
+        )
+        for how in ("next", "index"):
+            self.piece_bytes.labels(how)
         self.registry.register(_Scrape(lambda: swarm_families("hfbt_seed", swarm)))
+
+    def piece_served(self, how: str, size: int) -> None:
+        self.piece_bytes.labels(how).inc(size)
 
     def job_started(self) -> None:
         self.running.inc()

@@ -23,6 +23,7 @@ from hfbt.manifest import PIECE_LENGTH
 from hfbt.seed.pieces import PIECE_HEADER, PieceBook, serve
 from hfbt.synth import make_model_repo
 from tests.conftest import files_of, pull_cmd, run_hfbt
+from tests.test_status_metrics import scrape
 from tracker.announce import AnnounceError, parse_announce
 from tracker.handout import keep_roles_apart
 from tracker.peers import Peer
@@ -70,7 +71,8 @@ def test_piece_server_over_http(blob: Path) -> None:
     book = PieceBook()
     book.add(IH, blob, blob.stat().st_size)
     port = free_port()
-    serve(book, "127.0.0.1", port, auth_token="s3cret")
+    served: list[tuple[str, int]] = []
+    serve(book, "127.0.0.1", port, auth_token="s3cret", on_served=lambda how, n: served.append((how, n)))
     base = f"http://127.0.0.1:{port}/v1/pieces"
     ok = {"Authorization": "Bearer s3cret"}
     assert httpx.post(f"{base}/{IH}/next").status_code == 401
@@ -83,6 +85,8 @@ def test_piece_server_over_http(blob: Path) -> None:
     assert httpx.post(f"{base}/{IH}/next", headers=ok).status_code == 204
     # By index, for a piece whose first taker vanished; any number of times.
     assert httpx.get(f"{base}/{IH}/1", headers=ok).content == data[PIECE_LENGTH : 2 * PIECE_LENGTH]
+    # What the seed's hfbt_seed_piece_server_bytes_total counts.
+    assert served == [("next", PIECE_LENGTH)] * 2 + [("next", 1000), ("index", PIECE_LENGTH)]
     r = httpx.get(f"{base}/{IH}/7", headers=ok)
     assert r.status_code == 416 and "out of range" in r.json()["error"]
     r = httpx.post(f"{base}/{'cd' * 20}/next", headers=ok)
@@ -150,7 +154,8 @@ def test_two_nodes_take_each_seed_piece_once_and_trade_the_rest(tmp_path: Path) 
     with LocalCluster(tmp_path / "run") as cluster:
         cluster.start_origin(tmp_path / "origin")
         cluster.start_tracker(ref_ttl=300)
-        cluster.start_seed()
+        metrics_port = free_port()
+        cluster.start_seed(extra=("--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"))
         agents = [cluster.start_agent(f"node{i}") for i in range(2)]
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(lambda a: _pull(cluster, a), agents))
@@ -160,6 +165,9 @@ def test_two_nodes_take_each_seed_piece_once_and_trade_the_rest(tmp_path: Path) 
         totals = [_totals(a) for a in agents]
         # Every piece of both shards left the seed exactly once, to one node or the other ...
         assert sum(t["from_piece_servers"] for t in totals) == big
+        served = scrape(f"http://127.0.0.1:{metrics_port}")
+        assert served[("hfbt_seed_piece_server_bytes_total", (("how", "next"),))] == big
+        assert served[("hfbt_seed_piece_server_bytes_total", (("how", "index"),))] == 0
         # ... and whatever one node took from the seed, the other got from it over BitTorrent.
         for mine, other in ((totals[0], totals[1]), (totals[1], totals[0])):
             assert other["uploaded"] >= mine["downloaded"] - mine["from_piece_servers"] - 2**20

@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,14 +94,16 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers={"X-Error-Code": code})
 
 
-def create_app(book: PieceBook, auth_token: str | None = None) -> Starlette:
+def create_app(
+    book: PieceBook, auth_token: str | None = None, on_served: Callable[[str, int], None] | None = None
+) -> Starlette:
     def authorized(request: Request) -> bool:
         if not auth_token:
             return True
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {auth_token}".encode())
 
-    def piece_response(info_hash: str, piece: int) -> Response:
+    def piece_response(info_hash: str, piece: int, how: str) -> Response:
         try:
             data = book.read(info_hash, piece)
         except KeyError:
@@ -110,6 +113,8 @@ def create_app(book: PieceBook, auth_token: str | None = None) -> Starlette:
         except OSError as e:
             log.warning("event=piece_read_failed info_hash=%s piece=%d error=%r", info_hash, piece, str(e))
             return _error(500, "ReadFailed", "the seed could not read this piece")
+        if on_served:
+            on_served(how, len(data))
         return Response(data, media_type="application/octet-stream", headers={PIECE_HEADER: str(piece)})
 
     def take_next(request: Request) -> Response:
@@ -122,12 +127,12 @@ def create_app(book: PieceBook, auth_token: str | None = None) -> Starlette:
             return _error(404, "NotFound", f"this seed does not serve {info_hash}")
         if piece is None:
             return Response(status_code=204)  # every piece went out once: trade with the other nodes
-        return piece_response(info_hash, piece)
+        return piece_response(info_hash, piece, "next")
 
     def get_piece(request: Request) -> Response:
         if not authorized(request):
             return _error(401, "Unauthorized", "missing or wrong cluster token")
-        return piece_response(request.path_params["info_hash"].lower(), request.path_params["piece"])
+        return piece_response(request.path_params["info_hash"].lower(), request.path_params["piece"], "index")
 
     return Starlette(
         routes=[
@@ -137,13 +142,23 @@ def create_app(book: PieceBook, auth_token: str | None = None) -> Starlette:
     )
 
 
-def serve(book: PieceBook, host: str, port: int, auth_token: str | None = None) -> None:
+def serve(
+    book: PieceBook,
+    host: str,
+    port: int,
+    auth_token: str | None = None,
+    on_served: Callable[[str, int], None] | None = None,
+) -> None:
     """Run the piece server in a daemon thread; return once it listens (or raise why it cannot)."""
     import uvicorn
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(book, auth_token), host=host, port=port, log_level="warning", access_log=False
+            create_app(book, auth_token, on_served),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
         )
     )
     thread = threading.Thread(target=server.run, name="piece-server", daemon=True)
