@@ -2,10 +2,12 @@
 
 Each worker asks the seed for "the next piece nobody has had" and gives it to libtorrent
 (`Swarm.add_piece`, which checks its SHA-1 and announces it); every other piece comes from the other
-nodes over BitTorrent. Once the seed has handed everything out, the fetcher only watches: when the
-download makes no progress for a while and some missing piece has no source among the peers (the
-node that took it died), it fetches exactly those by index. If no piece server answers at all, the node
-announces without its piece role again, so the tracker hands it the seed as a plain BT peer.
+nodes over BitTorrent. A node takes no new piece while two of its own are still at no other node, so
+no node ends up the only holder of many. Once the seed has handed everything out, the fetcher only
+watches: when the download makes no progress for a while and some missing piece has no source among
+the peers (the node that took it died, or a late node is alone), it fetches exactly those by index.
+If no piece server answers at all, the node announces without its piece role again, so the tracker
+hands it the seed as a plain BT peer.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class PieceFetcher:
         self.plain_announce = plain_announce
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=5.0))
-        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._handed_out = False
         self._gave_up = False
@@ -81,15 +82,10 @@ class PieceFetcher:
         self._spawn(self._watch_loop, f"pieces-{self.info_hash[:8]}-watch")
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _spawn(self, target, name: str) -> None:
         threading.Thread(target=target, name=name, daemon=True).start()
 
     def _done(self) -> bool:
-        if self._stop.is_set():
-            return True
         try:
             return self.swarm.wait_finished(self.info_hash, timeout=0)
         except SwarmError:
@@ -136,31 +132,24 @@ class PieceFetcher:
             time.sleep(0.05)
 
     def _take_from_any(self) -> None:
-        for url in list(self.urls):
-            try:
-                r = self._http.post(f"{url}/v1/pieces/{self.info_hash}/next")
-            except httpx.HTTPError as e:
-                self._drop(url, repr(e))
-                continue
-            if r.status_code == 204:
-                self._handed_out = True
-                return
-            if r.status_code != 200 or PIECE_HEADER not in r.headers:
-                self._drop(url, f"HTTP {r.status_code}")
-                continue
-            piece = int(r.headers[PIECE_HEADER])
-            with self._lock:
-                self._taken.append(piece)
-            self._add(piece, r.content)
+        r = self._ask("POST", f"/v1/pieces/{self.info_hash}/next", (200, 204))
+        if r is None:
             return
-        self._give_up("no piece server answered")
+        if r.status_code == 204:
+            self._handed_out = True
+            return
+        piece = int(r.headers[PIECE_HEADER])
+        with self._lock:
+            self._taken.append(piece)
+        self._add(piece, r.content)
 
     # --- afterwards: rescue pieces nobody in the swarm has ---
 
     def _watch_loop(self) -> None:
         last_done, last_change = -1, time.monotonic()
         try:
-            while not self._stop.wait(1.0) and not self._done() and not self._gave_up:
+            while not self._done() and not self._gave_up:
+                time.sleep(1.0)
                 if not self._handed_out:
                     last_change = time.monotonic()
                     continue
@@ -196,20 +185,28 @@ class PieceFetcher:
                     return
 
     def _fetch(self, piece: int) -> bool:
+        r = self._ask("GET", f"/v1/pieces/{self.info_hash}/{piece}", (200,))
+        if r is None:
+            return False
+        self._add(piece, r.content)
+        return True
+
+    # --- shared ---
+
+    def _ask(self, method: str, path: str, ok: tuple[int, ...]) -> httpx.Response | None:
+        """The first piece server's answer with a status in `ok` (and, for a piece, its index header);
+        a server that fails is dropped for good, and with none left the node falls back to BT."""
         for url in list(self.urls):
             try:
-                r = self._http.get(f"{url}/v1/pieces/{self.info_hash}/{piece}")
+                r = self._http.request(method, f"{url}{path}")
             except httpx.HTTPError as e:
                 self._drop(url, repr(e))
                 continue
-            if r.status_code == 200:
-                self._add(piece, r.content)
-                return True
+            if r.status_code in ok and (r.status_code != 200 or PIECE_HEADER in r.headers):
+                return r
             self._drop(url, f"HTTP {r.status_code}")
         self._give_up("no piece server answered")
-        return False
-
-    # --- shared ---
+        return None
 
     def _add(self, piece: int, data: bytes) -> None:
         self.swarm.add_piece(self.info_hash, piece, data)

@@ -54,10 +54,6 @@ class PieceBook:
             if info_hash not in self._blobs:
                 self._blobs[info_hash] = _Blob(path, size)
 
-    def remove(self, info_hash: str) -> None:
-        with self._lock:
-            self._blobs.pop(info_hash, None)
-
     def _blob(self, info_hash: str) -> _Blob | None:
         with self._lock:
             return self._blobs.get(info_hash)
