@@ -6,6 +6,7 @@ Every flag has an HFBT_* environment variable (shown in --help); Hugging Face's 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -253,8 +254,14 @@ def seed(
                 service.pieces, cfg.piece_host, cfg.piece_port, cfg.auth_token, service.metrics.piece_served
             )
         except OSError as e:
-            service.close()
-            _fail(HfbtError("PiecePortBusy", str(e)))
+            # A second seed on the same host (or a taken port) still seeds: its nodes then take every
+            # piece over BitTorrent, as before the piece server existed.
+            logging.getLogger("hfbt.seed").warning(
+                "event=piece_server_off port=%d error=%r (nodes take every piece over BitTorrent)",
+                cfg.piece_port,
+                str(e),
+            )
+            cfg.piece_port = 0
     if cfg.metrics_port:
         from hfbt.metrics import serve as serve_metrics
 

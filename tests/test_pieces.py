@@ -8,6 +8,7 @@ node that took pieces and died (the next node fetches those pieces by index).
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,17 @@ def test_book_hands_every_piece_out_once_across_threads(blob: Path) -> None:
         book.read(IH, 3)
     with pytest.raises(KeyError):
         book.take_next("cd" * 20)
+
+
+def test_book_starts_a_new_round_for_nodes_that_come_much_later(blob: Path) -> None:
+    now = [100.0]
+    book = PieceBook(round_idle_s=30, clock=lambda: now[0])
+    book.add(IH, blob, blob.stat().st_size)
+    assert [book.take_next(IH) for _ in range(4)] == [0, 1, 2, None]
+    now[0] += 29  # the first nodes may still be trading: no second copy yet
+    assert book.take_next(IH) is None
+    now[0] += 31  # idle long enough: a later group shares one more copy
+    assert [book.take_next(IH) for _ in range(4)] == [0, 1, 2, None]
 
 
 def test_piece_server_over_http(blob: Path) -> None:
@@ -190,6 +202,23 @@ def test_nodes_fall_back_to_the_bt_seed_when_no_piece_server_answers(tmp_path: P
         assert _totals(node)["from_piece_servers"] == 0
         text = node.proc.log_text()
         assert "event=piece_server_unusable" in text and "fallback=bt_seed" in text
+
+
+def test_a_seed_whose_piece_port_is_taken_still_seeds_over_bittorrent(tmp_path: Path) -> None:
+    repo, _big = _big_origin(tmp_path / "origin")
+    with socket.socket() as taken, LocalCluster(tmp_path / "run") as cluster:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cluster.start_origin(tmp_path / "origin")
+        cluster.start_tracker(ref_ttl=300)
+        seed = cluster.start_seed(extra=("--piece-port", str(taken.getsockname()[1])))
+        assert "event=piece_server_off" in seed.log_text()
+        node = cluster.start_agent("node1")
+        r = _pull(cluster, node)
+        assert r.returncode == 0, r.stderr
+        assert files_of(Path(r.stdout.strip().splitlines()[-1])) == files_of(repo)
+        assert _totals(node)["from_piece_servers"] == 0
+        assert "piece_servers=0" in node.proc.log_text()  # nothing advertised, plain BT
 
 
 def test_pieces_whose_taker_died_are_fetched_again_by_index(tmp_path: Path) -> None:

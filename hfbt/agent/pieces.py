@@ -13,6 +13,7 @@ hands it the seed as a plain BT peer.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -34,7 +35,23 @@ IN_FLIGHT = threading.BoundedSemaphore(1)
 UNFORWARDED = 2  # pieces of ours no other node has yet, before we take another
 FORWARD_WAIT_S = 2.0  # ... but never wait longer than this for the others to copy them
 RESCUE_AFTER_S = 5.0  # no progress this long, and a missing piece nobody has: fetch it by index
-RESCUE_BATCH = 8  # pieces between two looks at what the peers have meanwhile
+RESCUE_BATCH = 2  # pieces between two looks at what the peers have meanwhile
+DEAD_FOR_S = 60.0  # a piece server that did not answer is skipped by every blob for this long
+
+# Process-wide: with a firewalled piece server each blob would otherwise wait out its own connect
+# timeout, one after the other (IN_FLIGHT), before falling back to BitTorrent.
+_dead: dict[str, float] = {}
+_dead_lock = threading.Lock()
+
+
+def _is_dead(url: str) -> bool:
+    with _dead_lock:
+        return _dead.get(url, 0.0) > time.monotonic()
+
+
+def _mark_dead(url: str) -> None:
+    with _dead_lock:
+        _dead[url] = time.monotonic() + DEAD_FOR_S
 
 
 def piece_urls(torrent: bytes) -> tuple[list[str], str | None]:
@@ -66,7 +83,7 @@ class PieceFetcher:
         self.urls = list(urls)
         self.plain_announce = plain_announce
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
-        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=5.0))
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=2.0))
         self._lock = threading.Lock()
         self._handed_out = False
         self._gave_up = False
@@ -97,6 +114,8 @@ class PieceFetcher:
         try:
             while not self._done() and not self._handed_out and not self._gave_up:
                 self._take_one()
+        except SwarmError:
+            pass  # the torrent was removed (origin fallback, forget, integrity failure): nothing to do
         except Exception:  # a fetcher bug must not take the download with it: BT still works
             log.exception("event=piece_fetcher_failed info_hash=%s", self.info_hash)
             self._give_up("the piece fetcher failed")
@@ -177,6 +196,8 @@ class PieceFetcher:
                 orphans = [p for p in missing if p not in self._added]
             if not orphans:
                 return
+            # Several late nodes rescue at once: different pieces first, so they can trade them.
+            random.shuffle(orphans)
             if not logged:
                 log.info("event=piece_rescue info_hash=%s pieces=%d", self.info_hash, len(orphans))
                 logged = True
@@ -197,9 +218,13 @@ class PieceFetcher:
         """The first piece server's answer with a status in `ok` (and, for a piece, its index header);
         a server that fails is dropped for good, and with none left the node falls back to BT."""
         for url in list(self.urls):
+            if _is_dead(url):
+                self._drop(url, "did not answer another blob's request")
+                continue
             try:
                 r = self._http.request(method, f"{url}{path}")
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                _mark_dead(url)
                 self._drop(url, repr(e))
                 continue
             if r.status_code in ok and (r.status_code != 200 or PIECE_HEADER in r.headers):

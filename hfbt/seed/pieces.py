@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from hfbt.manifest import PIECE_LENGTH
 log = logging.getLogger("hfbt.seed.pieces")
 
 PIECE_HEADER = "X-Hfbt-Piece"
+ROUND_IDLE_S = 30.0
 
 
 @dataclass
@@ -35,6 +37,7 @@ class _Blob:
     path: Path
     size: int
     next_piece: int = 0
+    last_handout: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -45,9 +48,13 @@ class _Blob:
 class PieceBook:
     """Which blobs the seed serves and which piece each one hands out next (no I/O but pread)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, round_idle_s: float = ROUND_IDLE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._blobs: dict[str, _Blob] = {}
         self._lock = threading.Lock()
+        self._round_idle_s = round_idle_s
+        self._clock = clock
 
     def add(self, info_hash: str, path: Path, size: int) -> None:
         with self._lock:
@@ -59,13 +66,22 @@ class PieceBook:
             return self._blobs.get(info_hash)
 
     def take_next(self, info_hash: str) -> int | None:
-        """The next piece nobody has been given yet; None once every piece went out (KeyError: unknown)."""
+        """The next piece nobody has been given yet; None once every piece went out (KeyError: unknown).
+
+        A request after the last hand-out has been idle for round_idle_s starts a new round: nodes that
+        come later (the first ones may be gone) share one more copy instead of each fetching every
+        piece by index.
+        """
         blob = self._blob(info_hash)
         if blob is None:
             raise KeyError(info_hash)
+        now = self._clock()
         with blob.lock:
             if blob.next_piece >= blob.num_pieces:
-                return None
+                if now - blob.last_handout < self._round_idle_s:
+                    return None
+                blob.next_piece = 0
+            blob.last_handout = now
             blob.next_piece += 1
             return blob.next_piece - 1
 

@@ -73,8 +73,10 @@ class SeedService:
         jobs.shutdown(wait=False, cancel_futures=True)
 
     def _register(self) -> None:
-        port = self.cfg.piece_port or None
-        self.tracker.register_seed(self.seed_id, self.origin.endpoint, port, self.cfg.piece_url)
+        port = self.cfg.piece_port or None  # 0: no piece server, so no URL to advertise either
+        self.tracker.register_seed(
+            self.seed_id, self.origin.endpoint, port, self.cfg.piece_url if port else None
+        )
         first = not self._announce
         # The role keeps the seed away from nodes that take its pieces over HTTP (tracker/handout.py).
         self._announce = [self.tracker.announce_url() + "?hfbt=seed"]
