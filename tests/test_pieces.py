@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from huggingface_hub import hf_hub_download
 
 from hfbt.agent.pieces import piece_urls
 from hfbt.cluster import LocalCluster, free_port
@@ -239,3 +240,25 @@ def test_pieces_whose_taker_died_are_fetched_again_by_index(tmp_path: Path) -> N
         assert files_of(Path(r.stdout.strip().splitlines()[-1])) == files_of(repo)
         assert "event=piece_rescue" in second.proc.log_text()
         assert _totals(second)["from_piece_servers"] == big
+
+
+def test_the_shim_streams_a_blob_whose_pieces_come_from_the_piece_server(tmp_path: Path) -> None:
+    repo, _big = _big_origin(tmp_path / "origin")
+    shard = "model-00001-of-00002.safetensors"
+    with LocalCluster(tmp_path / "run") as cluster:
+        cluster.start_origin(tmp_path / "origin")
+        cluster.start_tracker(ref_ttl=300)
+        cluster.start_seed()
+        agent = cluster.start_agent("node1")
+        data = (repo / shard).read_bytes()
+        # A range across a piece boundary first (read_piece on pieces add_piece brought in), then it all.
+        start = PIECE_LENGTH - 10
+        r = httpx.get(
+            f"{agent.shim_url}/{BIG}/resolve/main/{shard}",
+            headers={"Range": f"bytes={start}-{start + 99}"},
+            timeout=120,
+        )
+        assert r.status_code == 206 and r.content == data[start : start + 100]
+        got = hf_hub_download(BIG, shard, cache_dir=tmp_path / "client", endpoint=agent.shim_url)
+        assert Path(got).read_bytes() == data
+        assert _totals(agent)["from_piece_servers"] >= len(data)
