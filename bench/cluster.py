@@ -35,6 +35,7 @@ from pathlib import Path
 from bench import metrics, net
 from hfbt import __version__
 from hfbt.cluster import LocalCluster, free_port
+from hfbt.config import AGENT_BT_PORT, AGENT_PORT, ORIGIN_PORT, SEED_BT_PORT, SEED_PIECE_PORT, TRACKER_PORT
 from hfbt.errors import HfbtError
 from hfbt.synth import make_model_repo
 
@@ -42,8 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SERIES = (2, 4, 8, 12)
 REPO_ID = "bench/synth"
-ORIGIN_PORT, TRACKER_PORT, AGENT_PORT, AGENT_BT_PORT, SEED_BT_PORT = 8090, 6969, 6970, 6881, 6882
-SEED_PIECE_PORT = 6883
 PREMIRROR_MBIT = 10_000  # warm runs: the seed mirrors before the clock starts, over an unshaped link
 
 

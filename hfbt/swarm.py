@@ -208,9 +208,8 @@ class Swarm:
 
     def pieces_without_source(self, ih: str) -> list[int]:
         """Pieces this node lacks that no connected peer has either."""
-        h = self._entry(ih).handle
-        have = h.status(lt.status_flags_t.query_pieces).pieces
-        avail = h.piece_availability()
+        have = self._entry(ih).handle.status(lt.status_flags_t.query_pieces).pieces
+        avail = self.availability(ih)
         return [i for i, (got, n) in enumerate(zip(have, avail, strict=False)) if not got and n == 0]
 
     def availability(self, ih: str) -> list[int]:

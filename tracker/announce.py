@@ -13,14 +13,11 @@ from urllib.parse import unquote_to_bytes
 
 from fastbencode import bencode
 
+from hfbt.torrents import ROLE_PARAM, ROLE_PIECES, ROLE_SEED
 from tracker.peers import Peer, SwarmCounts
 
 # BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
-# hfbt's own announce parameter (ignored by other clients): what kind of hfbt peer announces.
-ROLE_PARAM = "hfbt"
-ROLE_SEED = "seed"  # the seed service
-ROLE_PIECES = "pieces"  # a node that takes the seed's pieces over HTTP (hfbt/seed/pieces.py)
 ROLES = frozenset({"", ROLE_SEED, ROLE_PIECES})
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, ManifestError, check_repo_id, check_repo_type, check_revision, is_commit
 from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
+from hfbt.torrents import ROLE_PIECES, with_role
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
@@ -312,7 +313,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
             alive = scheduler.alive_seed_ids()
             urls = sorted(u for s, u in piece_urls.items() if s in alive)
             if urls:
-                announce += f"?{bt.ROLE_PARAM}={bt.ROLE_PIECES}"
+                announce = with_role(announce, ROLE_PIECES)
         return Response(torrent_file(announce, info, urls), media_type="application/x-bittorrent")
 
     @api.get("/announce-url")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT, ROLE_PIECES, ROLE_SEED
+from hfbt.torrents import ROLE_PIECES, ROLE_SEED
+from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
 from tracker.peers import Peer
 
 _RNG = random.Random()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastbencode import Bencached, bdecode, bencode
 
 from hfbt.manifest import PIECE_LENGTH, FileEntry
+from hfbt.torrents import PIECE_URLS_KEY
 
 
 class TorrentError(ValueError):
@@ -55,9 +56,6 @@ def check_blob_torrent(raw: bytes, entry: FileEntry) -> BlobTorrent:
         raise TorrentError(f"pieces must hold {n_pieces} SHA-1 hashes")
     encoded = bencode(info)
     return BlobTorrent(info_hash=hashlib.sha1(encoded).hexdigest(), info=encoded)
-
-
-PIECE_URLS_KEY = b"hfbt-piece-urls"
 
 
 def torrent_file(announce_url: str, info: bytes, piece_urls: list[str] | None = None) -> bytes:

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from fastbencode import bdecode
 
+from hfbt.seed.pieces import PIECE_HEADER
 from hfbt.swarm import Swarm, SwarmError
+from hfbt.torrents import PIECE_URLS_KEY
 
 log = logging.getLogger("hfbt.pieces")
 
-PIECE_URLS_KEY = b"hfbt-piece-urls"  # tracker/torrentfile.py writes it
-PIECE_HEADER = "X-Hfbt-Piece"
 WORKERS = 2  # per blob; IN_FLIGHT bounds them across blobs
 # One piece at a time per node, across all its blobs: each piece the node takes then arrives at its
 # full share of the seed's link, and the node can pass it on sooner (4 blobs x 2 requests each made

@@ -23,7 +23,7 @@ from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.seed.pieces import PieceBook
 from hfbt.swarm import Swarm
-from hfbt.torrents import make_blob_torrent
+from hfbt.torrents import ROLE_SEED, make_blob_torrent, with_role
 from hfbt.trackerclient import TrackerClient
 
 log = logging.getLogger("hfbt.seed")
@@ -79,7 +79,7 @@ class SeedService:
         )
         first = not self._announce
         # The role keeps the seed away from nodes that take its pieces over HTTP (tracker/handout.py).
-        self._announce = [self.tracker.announce_url() + "?hfbt=seed"]
+        self._announce = [with_role(self.tracker.announce_url(), ROLE_SEED)]
         count = self.reseed() if first else 0
         log.info(
             "event=seed_registered seed_id=%s bt_port=%d reseeded=%d",
