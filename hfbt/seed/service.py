@@ -100,9 +100,11 @@ class SeedService:
             self._seed(rec, torrent)
         return len(found)
 
-    def _seed(self, rec: PublishedBlob, torrent: bytes) -> None:
+    def _seed(self, rec: PublishedBlob, torrent: bytes, announce: bool = True) -> None:
         # Our own torrent plus this seed's announce URL: no tracker round trip (or Hub token check) per blob.
-        ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=self._announce)
+        # announce=False: not yet, the tracker does not know the torrent (it would refuse the announce).
+        trackers = self._announce if announce else None
+        ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=trackers)
         if rec.size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH:
             self.pieces.add(ih, Path(rec.path), rec.size)
         # Small blobs (a few pieces) stalled under libtorrent's super seeding and cost little anyway.
@@ -168,14 +170,14 @@ class SeedService:
             rec, torrent = found
             fresh = not self.swarm.has(rec.info_hash)
             if fresh:
-                self._seed(rec, torrent)
+                # Seeding before the nodes learn of the torrent, announcing only once the tracker has
+                # it: a private tracker refuses unknown torrents, and libtorrent backs off ~15 s.
+                self._seed(rec, torrent, announce=False)
             for f in entries:
                 if f.info_hash != rec.info_hash:
                     self.tracker.register_torrent(manifest, f.path, torrent)
             if fresh:
-                # The tracker refused the first announce (private tracker, torrent not registered yet)
-                # and libtorrent would back off for ~15 s: announce again now that it is registered.
-                self.swarm.reannounce(rec.info_hash)
+                self.swarm.replace_trackers(rec.info_hash, self._announce)
 
     def _fetch(self, manifest: Manifest, f: FileEntry) -> tuple[PublishedBlob, bytes]:
         t0 = time.monotonic()
