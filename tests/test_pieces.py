@@ -1,8 +1,9 @@
 """The seed's piece server: each piece of a big blob goes out once, the nodes trade the rest.
 
 Unit tests for the hand-out book and the HTTP server (real uvicorn), then real clusters: two agents
-sharing the seed's pieces, a piece server nobody can reach (nodes fall back to the BT seed), and a
-node that took pieces and died (the next node fetches those pieces by index).
+sharing the seed's pieces, a piece server nobody can reach (nodes fall back to the BT seed), one whose
+first connection fails (retried), and a node that took pieces and died (the next node fetches those
+pieces by index).
 """
 
 from __future__ import annotations
@@ -205,6 +206,72 @@ def test_nodes_fall_back_to_the_bt_seed_when_no_piece_server_answers(tmp_path: P
         assert _totals(node)["from_piece_servers"] == 0
         text = node.proc.log_text()
         assert "event=piece_server_unusable" in text and "fallback=bt_seed" in text
+
+
+class _DropFirstConnection:
+    """A TCP relay to the seed's piece server that closes the first connection it accepts (a reset on a
+    busy host) and relays every later one."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted == 1:
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_piece_server_connection_that_fails_once_is_retried_not_abandoned(tmp_path: Path) -> None:
+    repo, big = _big_origin(tmp_path / "origin")
+    piece_port = free_port()
+    relay = _DropFirstConnection(piece_port)
+    try:
+        with LocalCluster(tmp_path / "run") as cluster:
+            cluster.start_origin(tmp_path / "origin")
+            cluster.start_tracker(ref_ttl=300)
+            url = f"http://127.0.0.1:{relay.port}"
+            cluster.start_seed(extra=("--piece-port", str(piece_port), "--piece-url", url))
+            node = cluster.start_agent("node1")
+            r = _pull(cluster, node)
+            assert r.returncode == 0, r.stderr
+            assert files_of(Path(r.stdout.strip().splitlines()[-1])) == files_of(repo)
+            text = node.proc.log_text()
+            assert relay.accepted >= 2 and "event=piece_server_retry" in text
+            # no fallback to the BT seed: every piece of both shards still came from the piece server
+            assert "fallback=bt_seed" not in text
+            assert _totals(node)["from_piece_servers"] == big
+    finally:
+        relay.close()
 
 
 def test_a_seed_whose_piece_port_is_taken_still_seeds_over_bittorrent(tmp_path: Path) -> None:

@@ -37,6 +37,10 @@ FORWARD_WAIT_S = 2.0  # ... but never wait longer than this for the others to co
 RESCUE_AFTER_S = 5.0  # no progress this long, and a missing piece nobody has: fetch it by index
 RESCUE_BATCH = 2  # pieces between two looks at what the peers have meanwhile
 DEAD_FOR_S = 60.0  # a piece server that did not answer is skipped by every blob for this long
+# A connection that fails once (a reset, a connect timeout on a loaded host) is tried once more before
+# the server counts as dead: giving up sends this node to the seed over BitTorrent for a minute, where
+# the seed uploads pieces other nodes also get.
+RETRY_AFTER_S = 0.5
 
 # Process-wide: with a firewalled piece server each blob would otherwise wait out its own connect
 # timeout, one after the other (IN_FLIGHT), before falling back to BitTorrent.
@@ -222,7 +226,7 @@ class PieceFetcher:
                 self._drop(url, "did not answer another blob's request")
                 continue
             try:
-                r = self._http.request(method, f"{url}{path}")
+                r = self._request(method, f"{url}{path}")
             except (httpx.HTTPError, httpx.InvalidURL) as e:
                 _mark_dead(url)
                 self._drop(url, repr(e))
@@ -232,6 +236,16 @@ class PieceFetcher:
             self._drop(url, f"HTTP {r.status_code}")
         self._give_up("no piece server answered")
         return None
+
+    def _request(self, method: str, url: str) -> httpx.Response:
+        try:
+            return self._http.request(method, url)
+        except httpx.ReadTimeout:
+            raise  # it answered nothing for a minute: no second minute
+        except httpx.TransportError as e:
+            log.info("event=piece_server_retry url=%s error=%r", url, repr(e))
+            time.sleep(RETRY_AFTER_S)
+            return self._http.request(method, url)
 
     def _add(self, piece: int, data: bytes) -> None:
         self.swarm.add_piece(self.info_hash, piece, data)
