@@ -176,8 +176,9 @@ class SeedService:
             for f in entries:
                 if f.info_hash != rec.info_hash:
                     self.tracker.register_torrent(manifest, f.path, torrent)
-            if fresh:
-                self.swarm.replace_trackers(rec.info_hash, self._announce)
+            # Every time, not only when fresh: after a registration that failed, the job's retry finds
+            # the blob already seeded, still without its announce URL.
+            self.swarm.replace_trackers(rec.info_hash, self._announce)
 
     def _fetch(self, manifest: Manifest, f: FileEntry) -> tuple[PublishedBlob, bytes]:
         t0 = time.monotonic()
