@@ -86,7 +86,7 @@ def session_settings(cfg: SwarmConfig) -> dict:
         # connection carries both directions): 1 % of that peer's upload rate per second, i.e. 10 ms,
         # between 16 KiB and 4 MiB. The usual 50-150 % (0.5-1.5 s) suits WAN seeds; on a LAN it held
         # every request back behind up to a second of outgoing data (bench/README.md, warm N = 8:
-        # 1.41-1.44 -> 1.34-1.35 x T* with the socket buffer below).
+        # 1.41-1.44 -> 1.34-1.38 x T* with the socket buffer below).
         "send_buffer_watermark": 4 * 1024 * 1024,
         "send_buffer_watermark_factor": 1,
         "send_buffer_low_watermark": 16 * 1024,
