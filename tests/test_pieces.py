@@ -21,9 +21,8 @@ from huggingface_hub import hf_hub_download
 
 from hfbt.agent.pieces import piece_urls
 from hfbt.cluster import LocalCluster, free_port
-from hfbt.config import PIECE_SERVER_MIN_PIECES
 from hfbt.manifest import PIECE_LENGTH
-from hfbt.seed.pieces import PIECE_HEADER, PieceBook, serve
+from hfbt.seed.pieces import PIECE_HEADER, PieceBook, serve, uses_piece_server
 from hfbt.synth import make_model_repo
 from tests.conftest import files_of, pull_cmd, run_hfbt
 from tests.test_status_metrics import scrape
@@ -140,10 +139,10 @@ def test_torrent_names_the_piece_servers_outside_the_info_dict() -> None:
 
 
 def _big_origin(root: Path) -> tuple[Path, int]:
-    """A model whose two shards have >= PIECE_SERVER_MIN_PIECES pieces; returns (repo dir, their bytes)."""
+    """A model whose two shards go through the piece server; returns (repo dir, their bytes)."""
     repo = root / "models" / BIG
     sizes = make_model_repo(repo, shard_mb=36)
-    big = sum(s for s in sizes.values() if s >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH)
+    big = sum(s for s in sizes.values() if uses_piece_server(s))
     assert big > 60 * 2**20  # both shards go through the piece server
     return repo, big
 

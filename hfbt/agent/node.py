@@ -21,11 +21,10 @@ from pathlib import Path
 
 from hfbt import cache
 from hfbt.agent.pieces import PieceFetcher, piece_urls
-from hfbt.config import PIECE_SERVER_MIN_PIECES, NodeConfig
+from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
 from hfbt.manifest import (
-    PIECE_LENGTH,
     FileEntry,
     Manifest,
     check_repo_id,
@@ -35,6 +34,7 @@ from hfbt.manifest import (
     select_files,
 )
 from hfbt.published import PublishedBlob, PublishedStore
+from hfbt.seed.pieces import uses_piece_server
 from hfbt.swarm import Swarm, SwarmError
 from hfbt.trackerclient import TrackerClient
 
@@ -193,8 +193,7 @@ class Node:
 
     def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
         assert f.info_hash
-        big = f.size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH
-        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=big)
+        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=uses_piece_server(f.size))
         if not self.swarm.has(f.info_hash):
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
             self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))

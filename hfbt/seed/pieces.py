@@ -24,12 +24,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hfbt.config import PIECE_SERVER_MIN_PIECES
 from hfbt.manifest import PIECE_LENGTH
 
 log = logging.getLogger("hfbt.seed.pieces")
 
 PIECE_HEADER = "X-Hfbt-Piece"
 ROUND_IDLE_S = 30.0
+
+
+def uses_piece_server(size: int) -> bool:
+    """Whether a blob of this size goes through the piece server: the seed serves exactly the blobs
+    the nodes ask it for."""
+    return size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH
 
 
 @dataclass

@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hfbt.cache import verify_blob
-from hfbt.config import PIECE_SERVER_MIN_PIECES, SeedConfig
+from hfbt.config import SeedConfig
 from hfbt.errors import HfbtError
 from hfbt.hub import Origin
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
 from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
-from hfbt.seed.pieces import PieceBook
+from hfbt.seed.pieces import PieceBook, uses_piece_server
 from hfbt.swarm import Swarm
 from hfbt.torrents import ROLE_SEED, make_blob_torrent, with_role
 from hfbt.trackerclient import TrackerClient
@@ -105,7 +105,7 @@ class SeedService:
         # announce=False: not yet, the tracker does not know the torrent (it would refuse the announce).
         trackers = self._announce if announce else None
         ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=trackers)
-        if rec.size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH:
+        if uses_piece_server(rec.size):
             self.pieces.add(ih, Path(rec.path), rec.size)
         # Small blobs (a few pieces) stalled under libtorrent's super seeding and cost little anyway.
         if self.cfg.swarm.super_seed and rec.size >= SUPER_SEED_MIN_PIECES * PIECE_LENGTH:
