@@ -137,8 +137,8 @@ class PieceFetcher:
         """Take no new piece while UNFORWARDED of ours are still at no other node.
 
         A node that keeps taking pieces faster than the others copy them ends up the only holder of
-        many; its uplink is then the bottleneck of the tail, and a saturated uplink also starves its
-        own downloads (their ACKs queue behind its data).
+        many; its uplink is then the bottleneck of the tail, and a saturated uplink also slows its own
+        downloads (its requests to a peer travel behind the data it sends that peer).
         """
         deadline = time.monotonic() + FORWARD_WAIT_S
         while not self._done() and time.monotonic() < deadline:
