@@ -51,7 +51,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     import httpx
 
     from hfbt.agent.client import AgentClient
-    from hfbt.agent.node import PullRequest
+    from hfbt.agent.protocol import PullRequest
 
     if not _wait_http(f"{args.agent}/v1/health", args.timeout):
         _say(event="error", message=f"agent at {args.agent} did not answer")

@@ -1,6 +1,6 @@
 """The Hugging Face cache layout: where blobs, snapshots and refs live, and publishing them safely.
 
-Layout (DESIGN.md, verified): <cache>/models--org--name/{blobs/<etag>, snapshots/<commit>/<path> ->
+Layout (the one huggingface_hub writes): <cache>/models--org--name/{blobs/<etag>, snapshots/<commit>/<path> ->
 relative symlink, refs/<revision> = commit with no newline}. Invariant: a file under a final name is
 complete and verified. Partial data lives under `<etag>.hfbt-partial` (the Hub client's own partials are
 `<etag>.<8hex>.incomplete`, so the names never collide); symlinks and refs are created atomically
@@ -20,7 +20,7 @@ from hfbt.hashing import git_blob_sha1, sha256_file
 from hfbt.manifest import FileEntry, check_path, check_revision
 
 PARTIAL_SUFFIX = ".hfbt-partial"
-_TYPE_PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
+_TYPE_PREFIX = {"model": "models", "dataset": "datasets"}
 
 
 def repo_folder_name(repo_type: str, repo_id: str) -> str:

@@ -450,7 +450,7 @@ def pull(
 ) -> None:
     """Pull a revision into the HF cache through the swarm; prints the snapshot path last."""
     _setup_logs(log_level)
-    from hfbt.agent.node import PullRequest
+    from hfbt.agent.protocol import PullRequest
     from hfbt.progress import PullProgress
     from hfbt.pull import run_pull
 
@@ -511,12 +511,12 @@ def serve_dir(
 ) -> None:
     """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos)."""
     _setup_logs(log_level)
-    from hfbt.origin import serve
+    from hfbt.hub.servedir import serve
 
     if not directory.is_dir():
         _fail(HfbtError("BadRequest", f"{directory} is not a folder"))
     serve(
-        C.OriginConfig(
+        C.ServeDirConfig(
             directory=directory,
             repo=repo,
             repo_type=repo_type,
@@ -666,10 +666,11 @@ def gc(
     from rich.table import Table
 
     from hfbt import gc as G
+    from hfbt.sizes import human, parse_size
 
     node = _node_config(C.DEFAULT_TRACKER, cache_dir, state_dir, None, None, C.SwarmConfig(), 0)
     try:
-        budget = G.parse_size(max_size) if max_size is not None else None
+        budget = parse_size(max_size) if max_size is not None else None
         required = agent not in ("auto", "none")
         result = G.run_gc(node, budget, keep_revisions, dry_run, _agent_url(agent), required)
     except HfbtError as e:
@@ -684,10 +685,10 @@ def gc(
             table.add_row(ev.revision.label, ev.reason, _when(ev.revision.last_access))
         console.print(table)
     verb = "would free" if dry_run else "freed"
-    budget_note = f" (budget {G.human(plan.max_size)})" if plan.max_size is not None else ""
+    budget_note = f" (budget {human(plan.max_size)})" if plan.max_size is not None else ""
     typer.echo(
-        f"cache {G.human(plan.size_before)} → {G.human(plan.size_after)}{budget_note}:"
-        f" {len(plan.evictions)} revision(s), {len(plan.remove_blobs)} blob(s), {verb} {G.human(plan.freed)}"
+        f"cache {human(plan.size_before)} → {human(plan.size_after)}{budget_note}:"
+        f" {len(plan.evictions)} revision(s), {len(plan.remove_blobs)} blob(s), {verb} {human(plan.freed)}"
         + (f"; pinned {len(plan.pinned)}" if plan.pinned else "")
         + (f"; agent stopped seeding {result.stopped}, moved {result.moved}" if result.agent else "")
     )

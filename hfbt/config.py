@@ -37,9 +37,6 @@ SOCKET_BUFFER_KB = 128
 
 # The seed's piece server (hfbt/seed/pieces.py); port 0 = off (nodes then take every piece over BT).
 PIECE_HOST = "0.0.0.0"
-PIECE_PORT_OFF = 0
-# Blobs with fewer pieces go plain BT: the piece server's bookkeeping buys nothing for them.
-PIECE_SERVER_MIN_PIECES = 8
 # hfbt prefetch / hfbt gc: node-wide maintenance lock and pin records, both in the state dir.
 MAINTENANCE_LOCK = "locks/maintenance.lock"
 PINS_DIR = "pins"
@@ -74,7 +71,7 @@ class TrackerConfig:
 
 
 @dataclass
-class OriginConfig:
+class ServeDirConfig:
     directory: Path
     repo: str | None = None  # None: directory holds models/<org>/<name> and datasets/<org>/<name>
     repo_type: str = "model"
@@ -107,7 +104,7 @@ class SeedConfig:
     auth_token: str | None = field(default=None, repr=False)
     seed_id: str | None = None
     swarm: SwarmConfig = field(default_factory=lambda: SwarmConfig(listen_port=SEED_BT_PORT))
-    # One file at a time: shard 1 is published sooner (bench, cold N=4: 1.83 -> 1.57 x T*).
+    # One file at a time: shard 1 is published sooner, and nodes start on it sooner (bench/README.md).
     parallel_files: int = 1
     metrics_host: str = METRICS_HOST
     metrics_port: int = METRICS_PORT_OFF  # 0 = no /metrics server

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from hfbt.agent.client import AgentClient
-from hfbt.agent.node import PullRequest
+from hfbt.agent.protocol import PullRequest
 from hfbt.cluster import LocalCluster
 from hfbt.errors import HfbtError
 from hfbt.hashing import sha256_file

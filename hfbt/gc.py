@@ -10,59 +10,34 @@ Three parts, so the policy can be tested without a disk:
 
 The agent must stop seeding a removed blob (or seed another copy of it, when another repo of the cache
 holds the same etag), and its record in hfbt.published must go, or a restart would re-seed it:
-forget_published() does that for the store, Node.forget() for a running agent.
+hfbt.published.forget_published() does that for the store, Node.forget() for a running agent.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from huggingface_hub import scan_cache_dir
 
 from hfbt import cache, pins
+from hfbt.agent.client import local_agent
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.manifest import is_commit
 from hfbt.nodelock import maintenance_lock
 from hfbt.pins import Pin
-from hfbt.published import PublishedBlob, PublishedStore
+from hfbt.published import PublishedStore, forget_published
 
 log = logging.getLogger("hfbt.gc")
 
 RepoKey = tuple[str, str]  # (repo_type, repo_id)
-_DOWNLOADING = (cache.PARTIAL_SUFFIX, ".incomplete")
-
-# --- sizes --------------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?B?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'500G' → bytes. K/M/G/T/P and KiB.. are powers of 1024 (like du -h); KB, MB, GB.. of 1000."""
-    m = _SIZE.match(text)
-    if not m:
-        raise HfbtError("BadRequest", f"cannot read size {text!r}: use e.g. 500G, 1.5T, 800GB or 1000000")
-    number, unit, suffix = float(m.group(1)), m.group(2).upper(), m.group(3).upper()
-    power = "KMGTP".find(unit) + 1 if unit else 0
-    base = 1000 if suffix == "B" and unit else 1024
-    return int(number * base**power)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
 
 # --- what the cache holds -----------------------------------------------------------------------
 
@@ -313,46 +288,6 @@ def _drop_if_empty(repo: Path) -> None:
     shutil.rmtree(repo, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Repointed:
-    old: PublishedBlob
-    torrent: bytes
-    new: PublishedBlob | None  # None: no other copy in the cache, stop seeding it
-
-
-def forget_published(store: PublishedStore, removed: Iterable[str], cache_dir: Path) -> list[Repointed]:
-    """Update the records of blob files about to be removed (call before deleting them).
-
-    A blob can sit in two repos of the cache (shared files are hard links or copies): if the record
-    points at the removed one, it moves to a surviving copy and seeding goes on from there.
-    """
-    gone = {os.path.realpath(p) for p in removed}
-    out: list[Repointed] = []
-    for path in sorted(gone):
-        etag = Path(path).name
-        found = store.get(etag)
-        if found is None:
-            continue
-        rec, torrent = found
-        if os.path.realpath(rec.path) != path:
-            continue  # the record already names a copy that stays
-        alt = next(
-            (
-                p
-                for p in sorted(cache_dir.glob(f"*/blobs/{etag}"))
-                if os.path.realpath(p) not in gone and p.stat().st_size == rec.size
-            ),
-            None,
-        )
-        new = replace(rec, path=str(alt)) if alt else None
-        if new:
-            store.put(new, torrent)
-        else:
-            store.remove(etag)
-        out.append(Repointed(rec, torrent, new))
-    return out
-
-
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -373,8 +308,6 @@ def run_gc(
     agent_url: str | None,
     agent_required: bool = False,
 ) -> GcResult:
-    from hfbt.status import local_agent  # hfbt.status imports this module
-
     if max_size is None and keep_revisions is None:
         raise HfbtError("BadRequest", "nothing to do: give --max-size and/or --keep-revisions")
     if keep_revisions is not None and keep_revisions < 1:
@@ -393,7 +326,7 @@ def run_gc(
         p = decide()
         if not p.evictions:
             return GcResult(p, False, None)
-        agent = local_agent(cfg, agent_url, agent_required)
+        agent = local_agent(cfg.cache_dir, agent_url, agent_required)
         paths = [b.path for b in p.remove_blobs]
         # Before deleting: the agent stops seeding (or moves to a surviving copy) while the files exist.
         if agent:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt import cache, pins
-from hfbt.agent.node import PullRequest
+from hfbt.agent.protocol import PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.pull import run_pull

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -47,6 +48,46 @@ class PublishedStore:
 
     def all(self) -> list[tuple[PublishedBlob, bytes]]:
         return [found for p in sorted(self.folder.glob("*.json")) if (found := self.get(p.stem))]
+
+
+@dataclass(frozen=True)
+class Repointed:
+    old: PublishedBlob
+    torrent: bytes
+    new: PublishedBlob | None  # None: no other copy in the cache, stop seeding it
+
+
+def forget_published(store: PublishedStore, removed: Iterable[str], cache_dir: Path) -> list[Repointed]:
+    """Update the records of blob files about to be removed (call before deleting them).
+
+    A blob can sit in two repos of the cache (shared files are hard links or copies): if the record
+    points at the removed one, it moves to a surviving copy and seeding goes on from there.
+    """
+    gone = {os.path.realpath(p) for p in removed}
+    out: list[Repointed] = []
+    for path in sorted(gone):
+        etag = Path(path).name
+        found = store.get(etag)
+        if found is None:
+            continue
+        rec, torrent = found
+        if os.path.realpath(rec.path) != path:
+            continue  # the record already names a copy that stays
+        alt = next(
+            (
+                p
+                for p in sorted(cache_dir.glob(f"*/blobs/{etag}"))
+                if os.path.realpath(p) not in gone and p.stat().st_size == rec.size
+            ),
+            None,
+        )
+        new = replace(rec, path=str(alt)) if alt else None
+        if new:
+            store.put(new, torrent)
+        else:
+            store.remove(etag)
+        out.append(Repointed(rec, torrent, new))
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hfbt import cache
-from hfbt.agent.client import AgentClient
-from hfbt.agent.node import Emit, Node, PullRequest
+from hfbt.agent.client import AgentClient, local_agent
+from hfbt.agent.node import Node
+from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.swarm import Swarm
@@ -20,15 +21,10 @@ def run_pull(
     cfg: NodeConfig, req: PullRequest, agent_url: str | None, emit: Emit, agent_required: bool = False
 ) -> Path:
     req.validate()
-    if agent_url:
-        agent = AgentClient(agent_url)
-        health = agent.health()
-        if health and Path(health["cache_dir"]).resolve() == cfg.cache_dir.resolve():
-            emit({"event": "agent", "url": agent_url})
-            return _via_agent(agent, req, emit)
-        if agent_required:
-            why = "is not reachable" if not health else f"serves another cache ({health['cache_dir']})"
-            raise HfbtError("AgentUnreachable", f"the agent at {agent_url} {why}")
+    url = local_agent(cfg.cache_dir, agent_url, agent_required)
+    if url:
+        emit({"event": "agent", "url": url})
+        return _via_agent(AgentClient(url), req, emit)
     return pull_embedded(cfg, req, emit)
 
 

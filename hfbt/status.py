@@ -1,153 +1,19 @@
 """`hfbt status`: what a node's agent holds and what the tracker sees, for a human or a script.
 
-Agent side: PullBoard (the pulls the agent's API is running, with their last progress) and
-node_status(), the body of the agent's GET /v1/status. Client side: collect() asks the agent and the
-tracker (each may be down: the other half is still worth printing) and render() draws rich tables.
+collect() asks the agent (GET /v1/status, built by hfbt/agent/report.py) and the tracker, each of which
+may be down: the other half is still worth printing; render() draws rich tables. HTTP only.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
-from hfbt.agent.client import AgentClient
-from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
-from hfbt.gc import human, inventory
-
-if TYPE_CHECKING:
-    from hfbt.agent.node import Node, PullRequest
-
-Emit = Callable[[dict], None]
-
-# --- agent side -----------------------------------------------------------------------------------
-
-
-class PullBoard:
-    """The agent's pulls in flight: started by its API, followed through their progress events."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._pulls: dict[int, dict] = {}
-
-    def track(self, req: PullRequest, emit: Emit) -> tuple[int, Emit]:
-        pid = next(self._ids)
-        with self._lock:
-            self._pulls[pid] = {
-                "repo_type": req.repo_type,
-                "repo_id": req.repo_id,
-                "revision": req.revision,
-                "started": time.time(),
-                "state": "waiting",
-                "done": 0,
-                "total": None,
-                "files_done": 0,
-                "files_total": None,
-                "rate": 0,
-            }
-
-        def observe(ev: dict) -> None:
-            with self._lock:
-                entry = self._pulls.get(pid)
-                if entry is not None and ev.get("event") == "progress":
-                    entry.update({k: ev[k] for k in ("done", "total", "files_done", "files_total", "rate")})
-                    entry["state"] = "pulling"
-                elif entry is not None and ev.get("event") == "waiting":
-                    entry["state"] = ev.get("detail", "waiting")
-            emit(ev)
-
-        return pid, observe
-
-    def finish(self, pid: int) -> None:
-        with self._lock:
-            self._pulls.pop(pid, None)
-
-    def snapshot(self) -> list[dict]:
-        with self._lock:
-            return [dict(p) for p in self._pulls.values()]
-
-
-def node_status(node: Node, board: PullBoard | None = None) -> dict:
-    """The agent's view: torrents with rates and peers, the repos/revisions of its cache, pulls running."""
-    by_hash = {rec.info_hash: rec for rec, _ in node.published.all()}
-    torrents = []
-    for ih in node.swarm.info_hashes():
-        try:
-            st = node.swarm.status(ih)
-        except Exception:  # removed while we looked
-            continue
-        row = asdict(st)
-        rec = by_hash.get(ih)
-        row["path"] = rec.path if rec else None
-        torrents.append(row)
-    seeding_paths = {t["path"] for t in torrents if t["path"]}
-    inv = inventory(node.cfg.cache_dir)
-    repos: dict[tuple[str, str], dict] = {}
-    sizes = {b.path: b.size for b in inv.blobs}
-    for rev in sorted(inv.revisions, key=lambda r: (r.repo_type, r.repo_id, -r.last_access)):
-        repo = repos.setdefault(
-            rev.key,
-            {"repo_type": rev.repo_type, "repo_id": rev.repo_id, "size": 0, "revisions": [], "_blobs": set()},
-        )
-        repo["_blobs"] |= rev.blobs
-        repo["revisions"].append(
-            {
-                "commit": rev.commit,
-                "refs": sorted(rev.refs),
-                "files": rev.files,
-                "blobs": len(rev.blobs),
-                "size": sum(sizes[p] for p in rev.blobs),
-                "last_access": rev.last_access,
-                "seeding": len(rev.blobs & seeding_paths),
-            }
-        )
-    for repo in repos.values():
-        blobs = repo.pop("_blobs")
-        repo["size"] = sum(sizes[p] for p in blobs)
-    return {
-        "node": {
-            "name": node.cfg.node_name,
-            "cache_dir": str(node.cfg.cache_dir),
-            "listen_port": node.swarm.listen_port,
-            "cache_size": inv.size(),
-        },
-        "totals": node.swarm.totals(),
-        "rates": {
-            "download": sum(t["download_rate"] for t in torrents),
-            "upload": sum(t["upload_rate"] for t in torrents),
-        },
-        "peers": sum(t["peers"] for t in torrents),
-        "torrents": torrents,
-        "repos": list(repos.values()),
-        "pulls": board.snapshot() if board else [],
-        "warnings": list(inv.warnings),
-    }
-
-
-# --- client side ----------------------------------------------------------------------------------
-
-
-def local_agent(cfg: NodeConfig, agent_url: str | None, required: bool) -> str | None:
-    """The agent serving this node's cache, if one answers at agent_url (as `hfbt pull` decides)."""
-    if not agent_url:
-        return None
-    health = AgentClient(agent_url).health()
-    if health and Path(health["cache_dir"]).resolve() == cfg.cache_dir.resolve():
-        return agent_url.rstrip("/")
-    if required:
-        why = "is not reachable" if not health else f"serves another cache ({health['cache_dir']})"
-        raise HfbtError("AgentUnreachable", f"the agent at {agent_url} {why}")
-    return None
+from hfbt.sizes import human
 
 
 def _get(client: httpx.Client, url: str) -> dict:

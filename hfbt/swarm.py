@@ -1,6 +1,6 @@
 """The one libtorrent session of a process. Nothing else in hfbt imports libtorrent.
 
-Settings are tuned for a private LAN swarm (see DESIGN.md, libtorrent facts): TCP only (uTP ran at
+Settings are tuned for a private LAN swarm: TCP only (uTP ran at
 ≈ 9 MB/s on loopback), no DHT/LSD/UPnP, several peers per IP (tests and the demo run every node on
 127.0.0.1), suggest_mode off, and limits raised so a node can seed hundreds of blobs at once.
 """
@@ -84,9 +84,8 @@ def session_settings(cfg: SwarmConfig) -> dict:
         "max_allowed_in_request_queue": 4000,
         # How much piece data libtorrent queues per peer ahead of its own requests and HAVEs (one TCP
         # connection carries both directions): 1 % of that peer's upload rate per second, i.e. 10 ms,
-        # between 16 KiB and 4 MiB. The usual 50-150 % (0.5-1.5 s) suits WAN seeds; on a LAN it held
-        # every request back behind up to a second of outgoing data (bench/README.md, warm N = 8:
-        # 1.41-1.44 -> 1.34-1.38 x T* with the socket buffer below).
+        # between 16 KiB and 4 MiB. The usual 50-150 % (0.5-1.5 s) suits WAN seeds; on a LAN it holds
+        # every request back behind up to a second of outgoing data (bench/README.md).
         "send_buffer_watermark": 4 * 1024 * 1024,
         "send_buffer_watermark_factor": 1,
         "send_buffer_low_watermark": 16 * 1024,

@@ -19,20 +19,9 @@ from hfbt.manifest import PIECE_LENGTH
 
 _HASH_THREADS = max(2, os.cpu_count() or 2)
 
-# What a blob's .torrent and its announce URL carry for hfbt beyond BEP 3 (docs/protocol.md); the
-# tracker writes and reads them, the seed and the nodes use them.
-PIECE_URLS_KEY = b"hfbt-piece-urls"  # top-level key, outside the info dict: the seeds' piece servers
-ROLE_PARAM = "hfbt"  # announce parameter: what kind of hfbt peer announces (other clients omit it)
-ROLE_SEED = "seed"  # the seed service
-ROLE_PIECES = "pieces"  # a node that takes the seed's pieces over HTTP (hfbt/seed/pieces.py)
-
-
-def with_role(announce_url: str, role: str) -> str:
-    return f"{announce_url}?{ROLE_PARAM}={role}"
-
 
 class TorrentError(ValueError):
-    pass
+    """A blob torrent that cannot be made, or that does not describe the blob it is registered for."""
 
 
 @dataclass(frozen=True)

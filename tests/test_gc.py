@@ -13,7 +13,8 @@ from huggingface_hub import scan_cache_dir, snapshot_download
 
 from hfbt import pins
 from hfbt.errors import HfbtError
-from hfbt.gc import CachedBlob, CachedRevision, Inventory, inventory, parse_size, pinned_commits, plan
+from hfbt.gc import CachedBlob, CachedRevision, Inventory, inventory, pinned_commits, plan
+from hfbt.sizes import parse_size
 from tests.conftest import DATASET, MODEL, Deployment, files_of, run_hfbt
 
 # --- the plan (pure) ----------------------------------------------------------------------------
@@ -206,8 +207,7 @@ def test_gc_needs_a_limit(tmp_path: Path) -> None:
 
 
 def test_forget_published_moves_to_a_surviving_copy_or_drops_the_record(tmp_path: Path) -> None:
-    from hfbt.gc import forget_published
-    from hfbt.published import PublishedBlob, PublishedStore
+    from hfbt.published import PublishedBlob, PublishedStore, forget_published
 
     cache = tmp_path / "hub"
     a, b = cache / "models--o--a" / "blobs" / "e1", cache / "models--o--b" / "blobs" / "e1"

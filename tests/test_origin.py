@@ -37,10 +37,10 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 from huggingface_hub.utils import paginate  # noqa: E402
 
-from hfbt.config import OriginConfig  # noqa: E402
+from hfbt.config import ServeDirConfig  # noqa: E402
 from hfbt.hashing import git_blob_sha1_bytes  # noqa: E402
+from hfbt.hub.servedir import create_app, lfs_pointer  # noqa: E402
 from hfbt.manifest import is_lfs  # noqa: E402
-from hfbt.origin import create_app, lfs_pointer  # noqa: E402
 from hfbt.synth import make_dataset_repo, make_model_repo  # noqa: E402
 
 MODEL = "acme/tiny"
@@ -77,9 +77,9 @@ def _start_origin(root: Path, port: int) -> subprocess.Popen:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from hfbt.config import OriginConfig\n"
-        "from hfbt.origin import serve\n"
-        "serve(OriginConfig(directory=Path(sys.argv[1]), port=int(sys.argv[2])))\n"
+        "from hfbt.config import ServeDirConfig\n"
+        "from hfbt.hub.servedir import serve\n"
+        "serve(ServeDirConfig(directory=Path(sys.argv[1]), port=int(sys.argv[2])))\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(
@@ -299,7 +299,7 @@ def test_changing_a_file_changes_the_commit(served: Served, tmp_path: Path) -> N
 
 def test_single_repo_mode(tmp_path: Path) -> None:
     make_dataset_repo(tmp_path / "repo", seed=3)
-    app = create_app(OriginConfig(directory=tmp_path / "repo", repo="solo/data", repo_type="dataset"))
+    app = create_app(ServeDirConfig(directory=tmp_path / "repo", repo="solo/data", repo_type="dataset"))
     with TestClient(app) as client:
         info = client.get("/api/datasets/solo/data")
         assert info.status_code == 200

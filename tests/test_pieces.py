@@ -22,8 +22,9 @@ from huggingface_hub import hf_hub_download
 from hfbt.agent.pieces import piece_urls
 from hfbt.cluster import LocalCluster, free_port
 from hfbt.manifest import PIECE_LENGTH
-from hfbt.seed.pieces import PIECE_HEADER, PieceBook, serve, uses_piece_server
+from hfbt.seed.pieces import PieceBook, serve
 from hfbt.synth import make_model_repo
+from hfbt.wire import PIECE_HEADER, seed_hands_out
 from tests.conftest import files_of, pull_cmd, run_hfbt
 from tests.test_status_metrics import scrape
 from tracker.announce import AnnounceError, parse_announce
@@ -142,7 +143,7 @@ def _big_origin(root: Path) -> tuple[Path, int]:
     """A model whose two shards go through the piece server; returns (repo dir, their bytes)."""
     repo = root / "models" / BIG
     sizes = make_model_repo(repo, shard_mb=36)
-    big = sum(s for s in sizes.values() if uses_piece_server(s))
+    big = sum(s for s in sizes.values() if seed_hands_out(s))
     assert big > 60 * 2**20  # both shards go through the piece server
     return repo, big
 

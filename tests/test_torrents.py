@@ -5,7 +5,6 @@ import pytest
 
 from hfbt.manifest import PIECE_LENGTH, FileEntry
 from hfbt.torrents import TorrentError, make_blob_torrent
-from tracker.torrentfile import TorrentError as RefusedTorrent
 from tracker.torrentfile import check_blob_torrent
 
 
@@ -40,5 +39,5 @@ def test_empty_file_gets_no_torrent(tmp_path):
 
 
 def test_parse_refuses_garbage():
-    with pytest.raises(RefusedTorrent):
+    with pytest.raises(TorrentError):
         check_blob_torrent(b"not bencode", FileEntry("x", 1, "e" * 64, sha256="e" * 64))

@@ -15,6 +15,7 @@ from fastbencode import bdecode, bencode
 
 from hfbt.config import TrackerConfig
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
+from hfbt.torrents import TorrentError
 from tracker import announce as bt
 from tracker.app import create_app
 from tracker.auth import Auth, check_bearer, passkey_for, verify_passkey
@@ -22,7 +23,7 @@ from tracker.handout import clamp_numwant, random_mix
 from tracker.mirror import MirrorFailed, Scheduler
 from tracker.peers import Peer, PeerStore, SwarmCounts
 from tracker.registry import Registry
-from tracker.torrentfile import TorrentError, check_blob_torrent, torrent_file
+from tracker.torrentfile import check_blob_torrent, torrent_file
 
 IH = bytes(range(20))
 PID = b"-LT2110-\x00\xff&=+%#?/ \x7f\x80"  # every byte a naive parser trips on

@@ -13,12 +13,11 @@ from urllib.parse import unquote_to_bytes
 
 from fastbencode import bencode
 
-from hfbt.torrents import ROLE_PARAM, ROLE_PIECES, ROLE_SEED
+from hfbt.wire import ROLE_PARAM, ROLE_PIECES, ROLE_SEED, ROLES
 from tracker.peers import Peer, SwarmCounts
 
 # BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
-ROLES = frozenset({"", ROLE_SEED, ROLE_PIECES})
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200
 _MAX_QUERY = 8192

@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, ManifestError, check_repo_id, check_repo_type, check_revision, is_commit
 from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
-from hfbt.torrents import ROLE_PIECES, with_role
+from hfbt.torrents import TorrentError
+from hfbt.wire import ROLE_PIECES, with_role
 from tracker import announce as bt
 from tracker.access import AccessChecker, AccessUnverifiable
 from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
@@ -34,7 +35,7 @@ from tracker.handout import POLICIES, keep_roles_apart
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
 from tracker.peers import Peer, PeerStore
 from tracker.registry import JOB_STATES, Registry
-from tracker.torrentfile import TorrentError, torrent_file
+from tracker.torrentfile import torrent_file
 
 log = logging.getLogger("tracker.app")
 

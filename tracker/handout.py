@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from hfbt.torrents import ROLE_PIECES, ROLE_SEED
+from hfbt.wire import ROLE_PIECES, ROLE_SEED
 from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
 from tracker.peers import Peer
 
@@ -82,10 +82,8 @@ def seed_fanout(
     leechers stay the same while others join. When a chosen leecher completes, the next leecher in
     line takes its place, so no leecher is cut off from the seeders for good.
 
-    Measured (bench/README.md) and NOT selected: the idea was that a seeder feeding a few leechers
-    sends each piece about once, but the chosen leechers fetch nearly everything from the seeder
-    (1.79 copies, wall 2.36 × T* vs 2.24 × T* for random_mix at N = 8). Kept, as `--handout seed-fanout`,
-    to reproduce the result.
+    Not the default: the chosen leechers fetch nearly everything from the seeder, so it sends more
+    copies, not fewer (bench/README.md has the figures). Kept to reproduce that result.
     """
     leechers = [p for p in candidates if not p.seeder]
     chosen = {p.peer_id for p in leechers[:fanout]}
@@ -99,4 +97,3 @@ def seed_fanout(
 
 # Interchangeable policies, chosen with `hfbt tracker --handout NAME` (HFBT_HANDOUT).
 POLICIES = {"random-mix": random_mix, "seed-fanout": seed_fanout}
-DEFAULT_POLICY = "random-mix"

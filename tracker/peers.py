@@ -19,7 +19,7 @@ class Peer:
     port: int
     left: int
     last_seen: float = 0.0
-    role: str = ""  # announce.ROLE_SEED / ROLE_PIECES / "" (see handout.keep_roles_apart)
+    role: str = ""  # hfbt.wire.ROLE_SEED / ROLE_PIECES / "" (see handout.keep_roles_apart)
 
     @property
     def seeder(self) -> bool:

@@ -12,20 +12,17 @@ from dataclasses import dataclass
 from fastbencode import Bencached, bdecode, bencode
 
 from hfbt.manifest import PIECE_LENGTH, FileEntry
-from hfbt.torrents import PIECE_URLS_KEY
-
-
-class TorrentError(ValueError):
-    """A torrent that does not describe the blob it is registered for; the message says why."""
+from hfbt.torrents import TorrentError
+from hfbt.wire import PIECE_URLS_KEY
 
 
 @dataclass(frozen=True)
-class BlobTorrent:
+class TorrentInfo:
     info_hash: str
     info: bytes  # the bencoded info dict, byte for byte what the info-hash was computed over
 
 
-def check_blob_torrent(raw: bytes, entry: FileEntry) -> BlobTorrent:
+def check_blob_torrent(raw: bytes, entry: FileEntry) -> TorrentInfo:
     """Accept only a private v1 single-file torrent of this blob with 4 MiB pieces."""
     if not entry.needs_torrent:
         raise TorrentError(f"{entry.path}: empty files have no torrent")
@@ -55,7 +52,7 @@ def check_blob_torrent(raw: bytes, entry: FileEntry) -> BlobTorrent:
     if not isinstance(pieces, bytes) or len(pieces) != 20 * n_pieces:
         raise TorrentError(f"pieces must hold {n_pieces} SHA-1 hashes")
     encoded = bencode(info)
-    return BlobTorrent(info_hash=hashlib.sha1(encoded).hexdigest(), info=encoded)
+    return TorrentInfo(info_hash=hashlib.sha1(encoded).hexdigest(), info=encoded)
 
 
 def torrent_file(announce_url: str, info: bytes, piece_urls: list[str] | None = None) -> bytes:

@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from hfbt import __version__
-from hfbt.agent.node import Node, PullRequest
+from hfbt.agent.node import Node
+from hfbt.agent.protocol import PullRequest
+from hfbt.agent.report import PullBoard, node_status
 from hfbt.errors import HfbtError
 from hfbt.metrics import CONTENT_TYPE, agent_registry, render
-from hfbt.status import PullBoard, node_status
 
 _END = object()
 
@@ -58,22 +59,13 @@ def create_app(node: Node) -> FastAPI:
     @app.post("/v1/pull")
     async def pull(request: Request) -> Response:
         try:
-            body = await request.json()
-            req = PullRequest(
-                repo_id=str(body["repo_id"]),
-                repo_type=str(body.get("repo_type", "model")),
-                revision=str(body.get("revision", "main")),
-                include=tuple(body.get("include") or ()),
-                exclude=tuple(body.get("exclude") or ()),
-                timeout=body.get("timeout"),
-                token=body.get("token"),
-            ).validate()
-        except HfbtError as e:
-            return JSONResponse({"error": e.code, "detail": e.message}, status_code=422)
-        except (ValueError, KeyError, TypeError) as e:
+            req = PullRequest.from_json(await request.json())
+        except ValueError as e:  # not JSON at all
             return JSONResponse(
                 {"error": "BadRequest", "detail": f"malformed pull request: {e!r}"}, status_code=422
             )
+        except HfbtError as e:
+            return JSONResponse({"error": e.code, "detail": e.message}, status_code=422)
         return StreamingResponse(_run_pull(node, req, board), media_type="application/x-ndjson")
 
     return app

@@ -1,14 +1,17 @@
-"""Talking to a running agent from `hfbt pull` (and the demo)."""
+"""Talking to a running agent over its local API: `hfbt pull`, `hfbt gc`, `hfbt status`, the demo.
+
+HTTP only: importing this module loads no libtorrent.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from pathlib import Path
 
 import httpx
 
-from hfbt.agent.node import PullRequest
+from hfbt.agent.protocol import PullRequest
 from hfbt.errors import HfbtError
 
 
@@ -26,7 +29,7 @@ class AgentClient:
     def pull(self, req: PullRequest) -> Iterator[dict]:
         try:
             with httpx.stream(
-                "POST", f"{self.url}/v1/pull", json=asdict(req), timeout=httpx.Timeout(None, connect=5)
+                "POST", f"{self.url}/v1/pull", json=req.to_json(), timeout=httpx.Timeout(None, connect=5)
             ) as r:
                 if r.status_code != 200:
                     r.read()
@@ -37,6 +40,19 @@ class AgentClient:
                         yield json.loads(line)
         except httpx.TransportError as e:
             raise HfbtError("AgentUnreachable", f"lost the agent at {self.url}: {e}") from None
+
+
+def local_agent(cache_dir: Path, agent_url: str | None, required: bool) -> str | None:
+    """The agent serving this cache, if one answers at agent_url; else None, or an error if required."""
+    if not agent_url:
+        return None
+    health = AgentClient(agent_url).health()
+    if health and Path(health["cache_dir"]).resolve() == cache_dir.resolve():
+        return agent_url.rstrip("/")
+    if required:
+        why = "is not reachable" if not health else f"serves another cache ({health['cache_dir']})"
+        raise HfbtError("AgentUnreachable", f"the agent at {agent_url} {why}")
+    return None
 
 
 def _json(text: str) -> dict:

@@ -14,55 +14,26 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt import cache
 from hfbt.agent.pieces import PieceFetcher, piece_urls
+from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
-from hfbt.hub import Origin
-from hfbt.manifest import (
-    FileEntry,
-    Manifest,
-    check_repo_id,
-    check_repo_type,
-    check_revision,
-    is_commit,
-    select_files,
-)
-from hfbt.published import PublishedBlob, PublishedStore
-from hfbt.seed.pieces import uses_piece_server
+from hfbt.hub.client import HubClient
+from hfbt.manifest import FileEntry, Manifest, is_commit, select_files
+from hfbt.published import PublishedBlob, PublishedStore, forget_published
 from hfbt.swarm import Swarm, SwarmError
 from hfbt.trackerclient import TrackerClient
+from hfbt.wire import seed_hands_out
 
 log = logging.getLogger("hfbt.node")
 
-Emit = Callable[[dict], None]
 POLL_S = 0.3
 REANNOUNCE_S = 3.0
-
-
-@dataclass(frozen=True)
-class PullRequest:
-    repo_id: str
-    repo_type: str = "model"
-    revision: str = "main"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    timeout: float | None = None  # seconds; None waits as long as the swarm makes progress
-    token: str | None = field(default=None, repr=False)  # the caller's Hub token, for private repos
-
-    def validate(self) -> PullRequest:
-        try:
-            check_repo_type(self.repo_type)
-            check_repo_id(self.repo_id)
-            check_revision(self.revision)
-        except ValueError as e:
-            raise HfbtError("BadRequest", str(e)) from None
-        return self
 
 
 @dataclass
@@ -193,7 +164,7 @@ class Node:
 
     def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
         assert f.info_hash
-        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=uses_piece_server(f.size))
+        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=seed_hands_out(f.size))
         if not self.swarm.has(f.info_hash):
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
             self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
@@ -222,7 +193,7 @@ class Node:
                     self.swarm.remove(stalled.info_hash)
                     (cache.blobs_dir(repo) / cache.partial_name(f.etag)).unlink(missing_ok=True)
                 if not cache.has_blob(repo, f):
-                    origin = Origin(self.cfg.fallback_origin or "", token, scratch)
+                    origin = HubClient(self.cfg.fallback_origin or "", token, scratch)
                     got = origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
                     if not cache.verify_blob(got, f):
                         raise HfbtError("Integrity", f"{f.path}: the origin's bytes do not match {f.etag}")
@@ -344,8 +315,6 @@ class Node:
 
         The published record goes too (or moves to the copy), so a restart does not re-seed them.
         """
-        from hfbt.gc import forget_published  # hfbt.gc reaches the agent over HTTP, not this module
-
         stopped = moved = 0
         # No lock here: gc holds the node's maintenance lock, so one forget runs at a time.
         for change in forget_published(self.published, paths, self.cfg.cache_dir):

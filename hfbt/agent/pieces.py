@@ -21,9 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from fastbencode import bdecode
 
-from hfbt.seed.pieces import PIECE_HEADER
 from hfbt.swarm import Swarm, SwarmError
-from hfbt.torrents import PIECE_URLS_KEY
+from hfbt.wire import PIECE_HEADER, PIECE_URLS_KEY
 
 log = logging.getLogger("hfbt.pieces")
 

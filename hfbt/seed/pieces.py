@@ -1,8 +1,8 @@
 """The seed's piece server: hands each piece of a blob to exactly one node, over HTTP.
 
 Why: in a BitTorrent swarm every node asks the seed for the rarest pieces it lacks, and a piece some
-other node is still fetching looks just as rare, so with 4 MiB pieces the seed sent each piece 1.6-2.1
-times and its link, the bottleneck, was busy that much longer (bench/README.md). libtorrent's super
+other node is still fetching looks just as rare, so with 4 MiB pieces the seed sent each piece up to
+twice and its link, the bottleneck, was busy that much longer (bench/README.md). libtorrent's super
 seeding fixes the copies but waits 10 s on every new connection. Here the seed decides: `next` hands
 out every piece once, in order, to whichever node asks first; the nodes trade everything else among
 themselves. A node that finds a piece nobody has (its first taker died) fetches it by index.
@@ -24,19 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hfbt.config import PIECE_SERVER_MIN_PIECES
 from hfbt.manifest import PIECE_LENGTH
+from hfbt.wire import PIECE_HEADER
 
 log = logging.getLogger("hfbt.seed.pieces")
 
-PIECE_HEADER = "X-Hfbt-Piece"
 ROUND_IDLE_S = 30.0
-
-
-def uses_piece_server(size: int) -> bool:
-    """Whether a blob of this size goes through the piece server: the seed serves exactly the blobs
-    the nodes ask it for."""
-    return size >= PIECE_SERVER_MIN_PIECES * PIECE_LENGTH
 
 
 @dataclass

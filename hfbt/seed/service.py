@@ -17,18 +17,18 @@ from pathlib import Path
 from hfbt.cache import verify_blob
 from hfbt.config import SeedConfig
 from hfbt.errors import HfbtError
-from hfbt.hub import Origin
-from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
+from hfbt.hub.client import HubClient
+from hfbt.manifest import FileEntry, Manifest, ManifestError
 from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
-from hfbt.seed.pieces import PieceBook, uses_piece_server
+from hfbt.seed.pieces import PieceBook
 from hfbt.swarm import Swarm
-from hfbt.torrents import ROLE_SEED, make_blob_torrent, with_role
+from hfbt.torrents import make_blob_torrent
 from hfbt.trackerclient import TrackerClient
+from hfbt.wire import ROLE_SEED, seed_hands_out, with_role
 
 log = logging.getLogger("hfbt.seed")
 JOB_SLOTS = 4
-SUPER_SEED_MIN_PIECES = 8
 
 
 class SeedService:
@@ -37,7 +37,7 @@ class SeedService:
         self.seed_id = cfg.seed_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=f"seed-{self.seed_id}")
-        self.origin = Origin(cfg.origin, cfg.token, cfg.data_dir / "hub")
+        self.origin = HubClient(cfg.origin, cfg.token, cfg.data_dir / "hub")
         self.store = PublishedStore(cfg.data_dir / "published")
         self.swarm = Swarm(cfg.swarm)
         self.metrics = SeedMetrics(self.swarm)  # served by `hfbt seed --metrics-port`
@@ -105,10 +105,9 @@ class SeedService:
         # announce=False: not yet, the tracker does not know the torrent (it would refuse the announce).
         trackers = self._announce if announce else None
         ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=trackers)
-        if uses_piece_server(rec.size):
+        if seed_hands_out(rec.size):
             self.pieces.add(ih, Path(rec.path), rec.size)
-        # Small blobs (a few pieces) stalled under libtorrent's super seeding and cost little anyway.
-        if self.cfg.swarm.super_seed and rec.size >= SUPER_SEED_MIN_PIECES * PIECE_LENGTH:
+        if self.cfg.swarm.super_seed and seed_hands_out(rec.size):
             self.swarm.super_seed(ih)
 
     # --- one job ---

@@ -18,7 +18,7 @@ from starlette.types import Scope
 from hfbt import __version__, cache
 from hfbt.agent.node import Node
 from hfbt.errors import HfbtError
-from hfbt.hubapi import (
+from hfbt.hub.readapi import (
     HubError,
     HubRequest,
     Snapshot,
@@ -47,7 +47,7 @@ _HOP_BY_HOP = {
 
 
 class _Backend:
-    """hubapi's Backend for one request: the caller's token decides which manifests it may see."""
+    """readapi's Backend for one request: the caller's token decides which manifests it may see."""
 
     def __init__(self, manifests: ManifestCache, token: str | None) -> None:
         self.manifests = manifests

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from hfbt.agent.node import Node
 from hfbt.errors import HfbtError
-from hfbt.hubapi import HubError, Snapshot, snapshot_from_manifest
+from hfbt.hub.readapi import HubError, Snapshot, snapshot_from_manifest
 from hfbt.manifest import FileEntry, Manifest, is_commit
 
-REF_TTL_S = 2.0
+BRANCH_TTL_S = 2.0  # a branch or tag: re-asked this soon, so a new commit shows up fast
 COMMIT_TTL_S = 600.0
 PENDING_LIMIT_S = 120.0
 
@@ -66,7 +66,7 @@ class ManifestCache:
         if hit and hit[0] > now:
             return hit[1]
         rev = self._ask(repo_type, repo_id, revision, token)
-        ttl = COMMIT_TTL_S if rev.manifest.complete and is_commit(revision) else REF_TTL_S
+        ttl = COMMIT_TTL_S if rev.manifest.complete and is_commit(revision) else BRANCH_TTL_S
         with self._lock:
             self._entries[key] = (now + ttl, rev)
             if len(self._entries) > 4096:  # bounded: drop the oldest half

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hfbt import cache
-from hfbt.agent.node import Node, PullRequest
+from hfbt.agent.node import Node
+from hfbt.agent.protocol import PullRequest
 from hfbt.errors import HfbtError
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest
 from hfbt.swarm import SwarmError

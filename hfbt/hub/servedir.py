@@ -31,9 +31,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from hfbt.config import OriginConfig
+from hfbt.config import ServeDirConfig
 from hfbt.hashing import git_blob_sha1_bytes
-from hfbt.hubapi import (
+from hfbt.hub.readapi import (
     DEFAULT_BRANCH,
     AnyPath,
     HubError,
@@ -187,10 +187,10 @@ def _iso(ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-class Origin:
+class FolderRepos:
     """Finds repos in the served folder and keeps their latest snapshot while the folder is unchanged."""
 
-    def __init__(self, cfg: OriginConfig) -> None:
+    def __init__(self, cfg: ServeDirConfig) -> None:
         self.cfg = cfg
         self.root = Path(cfg.directory).expanduser().resolve()
         self.hashes = HashCache()
@@ -278,8 +278,8 @@ class Stats:
 # Starlette decodes %2F before routing.
 
 
-def create_app(cfg: OriginConfig) -> FastAPI:
-    origin = Origin(cfg)
+def create_app(cfg: ServeDirConfig) -> FastAPI:
+    origin = FolderRepos(cfg)
     stats = Stats()
     limit = RateLimit(cfg.max_mbit)
     app = FastAPI(title="hfbt origin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -314,12 +314,12 @@ def create_app(cfg: OriginConfig) -> FastAPI:
     return app
 
 
-def serve(cfg: OriginConfig) -> None:
+def serve(cfg: ServeDirConfig) -> None:
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
 
 
 def _resolve(
-    origin: Origin, stats: Stats, limit: RateLimit, req: HubRequest, repo_type: str, rest: list[str]
+    origin: FolderRepos, stats: Stats, limit: RateLimit, req: HubRequest, repo_type: str, rest: list[str]
 ) -> Response:
     repo_id, revision, path = resolve_target(origin, req, repo_type, rest)
     snap = origin.resolve(repo_type, repo_id, revision)

@@ -1,6 +1,6 @@
-"""The origin, through huggingface_hub only: resolve a revision, list its files, fetch one file.
+"""A client of the origin, through huggingface_hub only: resolve a revision, list its files, fetch one.
 
-Works against huggingface.co or any HF-compatible endpoint (hfbt serve-dir). Errors come back as
+The origin is huggingface.co or any HF-compatible endpoint (hfbt serve-dir). Errors come back as
 HfbtError with the Hub's own codes so the tracker can hand them to every waiting node.
 """
 
@@ -28,7 +28,7 @@ from hfbt.manifest import FileEntry
 T = TypeVar("T")
 
 
-class Origin:
+class HubClient:
     def __init__(self, endpoint: str, token: str | None, cache_dir: Path) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._token = token

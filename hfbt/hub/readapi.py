@@ -1,4 +1,4 @@
-"""The Hugging Face Hub's read API as hfbt serves it: shared by serve-dir (hfbt/origin.py) and the
+"""The Hugging Face Hub's read API as hfbt serves it: shared by serve-dir (hfbt/hub/servedir.py) and the
 HF_ENDPOINT shim (hfbt/shim/), so both answer the stock `huggingface_hub` client identically.
 
 A `Backend` supplies repo snapshots; this module turns requests into the Hub's JSON, headers and

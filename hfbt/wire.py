@@ -1,0 +1,37 @@
+"""What seed, tracker and nodes agree on beyond BEP 3 (docs/protocol.md): one home for each rule.
+
+The tracker writes the piece servers into a blob's .torrent and reads announce roles; the seed serves
+pieces and announces as the seed; nodes read the piece servers and take pieces. Each side imports
+these names from here, never from another side's module.
+"""
+
+from __future__ import annotations
+
+from hfbt.manifest import PIECE_LENGTH
+
+# A blob's .torrent: a top-level key, outside the info dict (so every node gets the same info-hash),
+# listing the seeds' piece servers (hfbt/seed/pieces.py).
+PIECE_URLS_KEY = b"hfbt-piece-urls"
+
+# Announce parameter: what kind of hfbt peer announces (stock clients omit it).
+ROLE_PARAM = "hfbt"
+ROLE_SEED = "seed"  # the seed service
+ROLE_PIECES = "pieces"  # a node that takes the seed's pieces over HTTP
+ROLES = frozenset({"", ROLE_SEED, ROLE_PIECES})
+
+# The piece server's response header: which piece of the blob the body is.
+PIECE_HEADER = "X-Hfbt-Piece"
+
+# Blobs of fewer pieces go plain BitTorrent: the seed's per-piece hand-out (piece server, super
+# seeding) buys nothing for them, and libtorrent's super seeding stalled on them.
+HANDOUT_MIN_PIECES = 8
+
+
+def with_role(announce_url: str, role: str) -> str:
+    return f"{announce_url}?{ROLE_PARAM}={role}"
+
+
+def seed_hands_out(size: int) -> bool:
+    """Whether the seed hands out this blob's pieces one by one: it serves exactly the blobs the
+    nodes ask its piece server for, and super-seeds exactly these."""
+    return size >= HANDOUT_MIN_PIECES * PIECE_LENGTH
