@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
+
+from tracker.errors import ApiError
 
 ALLOW_TTL_S = 300.0
 DENY_TTL_S = 30.0
@@ -65,3 +67,36 @@ class AccessChecker:
         if r.status_code in (401, 403, 404):
             return False
         raise AccessUnverifiable(f"the origin answered HTTP {r.status_code} when checking the token")
+
+
+async def require_hub_access(
+    access: AccessChecker, repo_type: str, repo_id: str, hf_token: str | None
+) -> None:
+    """Raise the API's answer unless the origin lets `hf_token` read this private repo."""
+    if not hf_token:
+        raise ApiError(
+            403,
+            "GatedRepo",
+            f"{repo_id} is private on the origin: pass a Hub token that can read it (HF_TOKEN)",
+        )
+    try:
+        ok = await access.allowed(repo_type, repo_id, hf_token)
+    except AccessUnverifiable as e:
+        raise ApiError(503, "OriginError", f"cannot check access to private {repo_id}: {e}") from None
+    if not ok:
+        raise ApiError(403, "GatedRepo", f"the origin does not let this Hub token read {repo_id}")
+
+
+async def require_any_hub_access(
+    access: AccessChecker, repos: Sequence[tuple[str, str]], hf_token: str | None
+) -> None:
+    """Pass if the token can read any one of `repos` (asked in order); else raise the last refusal."""
+    denied: ApiError | None = None
+    for repo_type, repo_id in repos:
+        try:
+            await require_hub_access(access, repo_type, repo_id, hf_token)
+            return
+        except ApiError as e:
+            denied = e
+    assert denied is not None
+    raise denied

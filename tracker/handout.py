@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hfbt.wire import ROLE_PIECES, ROLE_SEED
 from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
@@ -95,5 +95,8 @@ def seed_fanout(
     return random_mix(requester, leechers, numwant, rng)
 
 
+# (requester, candidates, numwant) -> the peers handed to the requester.
+Policy = Callable[[Peer, Sequence[Peer], int | None], list[Peer]]
+
 # Interchangeable policies, chosen with `hfbt tracker --handout NAME` (HFBT_HANDOUT).
-POLICIES = {"random-mix": random_mix, "seed-fanout": seed_fanout}
+POLICIES: dict[str, Policy] = {"random-mix": random_mix, "seed-fanout": seed_fanout}

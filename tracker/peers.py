@@ -1,8 +1,9 @@
 """The peer table: soft state rebuilt from announces, kept in memory.
 
 Nothing here is persisted on purpose: after a restart every client re-announces within one interval,
-so the table refills by itself. `PeerStore` is the whole interface the tracker uses, so a shared store
-(several tracker replicas) can replace the in-memory one without touching the routes.
+so the table refills by itself. `PeerStore` is the whole interface the routes use (as `PieceServers` in
+pieceservers.py is for the seeds' piece servers), so a shared store (several tracker replicas) can
+replace the in-memory one without touching the routes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ class Peer:
     port: int
     left: int
     last_seen: float = 0.0
-    role: str = ""  # hfbt.wire.ROLE_SEED / ROLE_PIECES / "" (see handout.keep_roles_apart)
+    # What kind of hfbt peer announced (one of hfbt.wire.ROLES, "" for stock clients): the seed and the
+    # nodes that take its pieces over HTTP must not be handed to each other (handout.keep_roles_apart).
+    role: str = ""
 
     @property
     def seeder(self) -> bool:

@@ -1,0 +1,141 @@
+"""The tracker's small parts on their own: the piece-server table, the hub-access rules, the error JSON
+and the request log's redaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tracker.access import AccessChecker, AccessUnverifiable, require_any_hub_access, require_hub_access
+from tracker.errors import ApiError, install_error_handlers
+from tracker.pieceservers import PieceServers, seed_piece_url, url_from_client
+from tracker.requestlog import redact_path
+
+# -- piece servers -----------------------------------------------------------------------------------
+
+
+def test_piece_url_from_the_client_address_brackets_ipv6() -> None:
+    assert url_from_client("10.0.0.5", 6883) == "http://10.0.0.5:6883"
+    assert url_from_client("fd00::5", 6883) == "http://[fd00::5]:6883"
+    assert url_from_client("seed-0.local", 80) == "http://seed-0.local:80"
+
+
+def test_seed_piece_url_prefers_the_full_url_then_the_port() -> None:
+    assert seed_piece_url("https://p.example:9/", 6883, "10.0.0.5") == "https://p.example:9/"
+    assert seed_piece_url(None, 6883, "10.0.0.5") == "http://10.0.0.5:6883"
+    assert seed_piece_url(None, 6883, None) is None  # no client address to put the port on
+    assert seed_piece_url(None, None, "10.0.0.5") is None
+
+
+def test_piece_servers_lists_only_alive_seeds_sorted() -> None:
+    table = PieceServers()
+    table.set("s2", "http://b:2/")
+    table.set("s1", "http://a:1")
+    table.set("s3", "http://c:3")
+    assert table.urls({"s1", "s2"}) == ["http://a:1", "http://b:2"]  # trailing "/" dropped
+    assert table.urls(set()) == []
+    table.set("s2", None)  # re-registered without a piece server
+    table.set("s3", "")
+    table.set("gone", None)
+    assert table.urls({"s1", "s2", "s3"}) == ["http://a:1"]
+    table.set("s1", "http://a:10")  # the latest registration wins
+    assert table.urls({"s1"}) == ["http://a:10"]
+
+
+# -- hub access --------------------------------------------------------------------------------------
+
+
+class FakeOrigin:
+    """Answers AccessChecker's origin question from a set of (token, repo_id) it accepts."""
+
+    def __init__(self, readable: set[tuple[str, str]], down: bool = False) -> None:
+        self.readable = readable
+        self.down = down
+        self.asked: list[tuple[str, str]] = []
+
+    def checker(self) -> AccessChecker:
+        checker = AccessChecker(lambda: "http://origin")
+
+        async def ask(repo_type: str, repo_id: str, hf_token: str) -> bool:
+            self.asked.append((hf_token, repo_id))
+            if self.down:
+                raise AccessUnverifiable("origin down")
+            return (hf_token, repo_id) in self.readable
+
+        checker._ask_origin = ask  # type: ignore[method-assign]
+        return checker
+
+
+def _raised(coro: object) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_require_hub_access_answers_like_the_api() -> None:
+    origin = FakeOrigin({("good", "o/p")})
+    checker = origin.checker()
+    asyncio.run(require_hub_access(checker, "model", "o/p", "good"))
+    e = _raised(require_hub_access(checker, "model", "o/p", None))
+    assert (e.status, e.code) == (403, "GatedRepo") and "pass a Hub token" in e.detail
+    assert origin.asked == [("good", "o/p")]  # no token: the origin is not asked
+    e = _raised(require_hub_access(checker, "model", "o/p", "bad"))
+    assert (e.status, e.code, e.detail) == (
+        403,
+        "GatedRepo",
+        "the origin does not let this Hub token read o/p",
+    )
+    e = _raised(require_hub_access(FakeOrigin(set(), down=True).checker(), "model", "o/p", "good"))
+    assert (e.status, e.code) == (503, "OriginError") and e.detail.endswith(": origin down")
+
+
+def test_require_any_hub_access_passes_on_the_first_readable_repo() -> None:
+    origin = FakeOrigin({("t", "o/b")})
+    checker = origin.checker()
+    asyncio.run(require_any_hub_access(checker, [("model", "o/a"), ("model", "o/b"), ("model", "o/c")], "t"))
+    assert origin.asked == [("t", "o/a"), ("t", "o/b")]
+    e = _raised(require_any_hub_access(checker, [("model", "o/a"), ("model", "o/c")], "t"))
+    assert e.detail == "the origin does not let this Hub token read o/c"  # the last refusal
+
+
+# -- errors and the request log ----------------------------------------------------------------------
+
+
+def test_error_handlers_answer_json() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/denied")
+    async def denied() -> None:
+        raise ApiError(401, "Unauthorized", "no token")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("x")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/denied")
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.json() == {"error": "Unauthorized", "detail": "no token"}
+        r = c.get("/nowhere")
+        assert r.status_code == 404 and r.json() == {"error": "NotFound", "detail": "Not Found"}
+        r = c.get("/boom")
+        assert r.status_code == 500 and r.json()["error"] == "Internal"
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/announce/node-7.0123abcd", "/announce/node-7.<redacted>"),
+        ("/scrape/node-7.0123abcd", "/scrape/node-7.<redacted>"),
+        ("/announce/0123abcd", "/announce/<redacted>"),
+        ("/announce/bad node.0123", "/announce/<redacted>"),
+        ("/announce", "/announce"),
+        ("/api/v1/jobs", "/api/v1/jobs"),
+    ],
+)
+def test_request_paths_lose_their_passkey(path: str, logged: str) -> None:
+    assert redact_path(path) == logged
