@@ -7,6 +7,7 @@ Three parts, so the policy can be tested without a disk:
   of its repo uses it (and its bytes only count as freed when no kept blob is a hard link to it);
 - apply(): removes refs first, then the snapshot, then the blobs, so scan_cache_dir() never sees a ref
   naming a missing snapshot or a dangling symlink, even if gc is killed half way.
+run_gc() is the command (lock, agent, apply); render() prints what it did.
 
 The agent must stop seeding a removed blob (or seed another copy of it, when another repo of the cache
 holds the same etag), and its record in hfbt.published must go, or a restart would re-seed it:
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import httpx
 from huggingface_hub import scan_cache_dir
+from rich.console import Console
+from rich.table import Table
 
 from hfbt import cache, pins
 from hfbt.agent.client import local_agent
@@ -34,6 +38,7 @@ from hfbt.manifest import is_commit
 from hfbt.nodelock import maintenance_lock
 from hfbt.pins import Pin
 from hfbt.published import PublishedStore, forget_published
+from hfbt.sizes import human
 
 log = logging.getLogger("hfbt.gc")
 
@@ -349,3 +354,31 @@ def _agent_forget(agent: str, paths: list[str]) -> dict:
     if r.status_code != 200:
         raise HfbtError("AgentError", f"the agent refused to stop seeding: {r.text[:200]}")
     return r.json()
+
+
+# --- what it prints -----------------------------------------------------------------------------
+
+
+def render(result: GcResult, console: Console) -> None:
+    """The evicted revisions as a table, then one summary line (plain text: cron mail and scripts read it)."""
+    p = result.plan
+    if p.evictions:
+        table = Table(title="would evict" if result.dry_run else "evicted", title_justify="left")
+        for col in ("revision", "reason", "last used"):
+            table.add_column(col)
+        for ev in p.evictions:
+            table.add_row(ev.revision.label, ev.reason, _when(ev.revision.last_access))
+        console.print(table)
+    verb = "would free" if result.dry_run else "freed"
+    budget_note = f" (budget {human(p.max_size)})" if p.max_size is not None else ""
+    console.out(
+        f"cache {human(p.size_before)} → {human(p.size_after)}{budget_note}:"
+        f" {len(p.evictions)} revision(s), {len(p.remove_blobs)} blob(s), {verb} {human(p.freed)}"
+        + (f"; pinned {len(p.pinned)}" if p.pinned else "")
+        + (f"; agent stopped seeding {result.stopped}, moved {result.moved}" if result.agent else ""),
+        highlight=False,
+    )
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hfbt import cache, pins
 from hfbt.agent.protocol import PullRequest
-from hfbt.config import NodeConfig
+from hfbt.config import AGENT_AUTO, DEFAULT_TRACKER, NodeConfig
 from hfbt.errors import HfbtError
 from hfbt.pull import run_pull
 
@@ -165,6 +165,30 @@ def hfbt_argv() -> list[str]:
     if exe.name == "hfbt" and exe.exists():
         return [str(exe.resolve())]
     return [sys.executable, "-m", "hfbt"]
+
+
+def cron_argv(
+    config_path: Path,
+    spec: PrefetchFile,
+    tracker: str = DEFAULT_TRACKER,
+    cache_dir: Path | None = None,
+    state_dir: Path | None = None,
+    agent: str = AGENT_AUTO,
+    node_name: str | None = None,
+) -> list[str]:
+    """The `hfbt prefetch` command line cron should run: this run's non-default flags, paths absolute
+    (cron starts elsewhere). Tokens stay in the environment, never in a crontab."""
+    argv = [*hfbt_argv(), "prefetch", "--config", str(config_path.expanduser().resolve())]
+    if tracker != DEFAULT_TRACKER and not spec.tracker:  # the file's own tracker wins anyway
+        argv += ["--tracker", tracker]
+    for flag, value in (("--cache-dir", cache_dir), ("--state-dir", state_dir)):
+        if value is not None:
+            argv += [flag, str(value.expanduser().resolve())]
+    if agent != AGENT_AUTO:
+        argv += ["--agent", agent]
+    if node_name:
+        argv += ["--node-name", node_name]
+    return argv
 
 
 # --- running it ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from hfbt import pins
 from hfbt.cluster import LocalCluster
 from hfbt.config import MAINTENANCE_LOCK
 from hfbt.errors import HfbtError
-from hfbt.prefetch import cron_line, parse
+from hfbt.prefetch import cron_argv, cron_line, hfbt_argv, parse
 from tests.conftest import DATASET, MODEL, Deployment, files_of, make_origin, run_hfbt
 
 
@@ -189,3 +189,21 @@ def test_bad_config_file_is_one_clear_line(tmp_path: Path) -> None:
     config.write_text("[[repo]\nid = 1")
     r = run_hfbt("prefetch", "--config", str(config), "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 1 and "not valid TOML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cron_argv_keeps_only_what_differs_from_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = parse({"repo": [{"id": MODEL}]}, Path("p.toml"))
+    base = [*hfbt_argv(), "prefetch", "--config", str(tmp_path / "p.toml")]
+    assert cron_argv(Path("p.toml"), spec) == base
+    argv = cron_argv(Path("p.toml"), spec, "http://t:1", Path("c"), Path("s"), "none", "n1")
+    assert argv == [
+        *base,
+        *("--tracker", "http://t:1", "--cache-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s")),
+        *("--agent", "none", "--node-name", "n1"),
+    ]
+    # The file names its own tracker, which wins over --tracker anyway: cron needs no flag for it.
+    own = parse({"tracker": "http://ctl:6969", "repo": [{"id": MODEL}]}, Path("p.toml"))
+    assert cron_argv(Path("p.toml"), own, "http://t:1") == base

@@ -7,10 +7,8 @@ while shard 2 is still coming from the origin.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,20 +30,35 @@ JOB_SLOTS = 4
 
 
 class SeedService:
-    def __init__(self, cfg: SeedConfig) -> None:
+    """Built by hfbt.seed.daemon.build_seed, which owns the collaborators' wiring."""
+
+    def __init__(
+        self,
+        cfg: SeedConfig,
+        *,
+        seed_id: str,
+        tracker: TrackerClient,
+        origin: HubClient,
+        store: PublishedStore,
+        swarm: Swarm,
+        metrics: SeedMetrics,
+        pieces: PieceBook,
+        piece_port: int,
+    ) -> None:
         self.cfg = cfg
-        self.seed_id = cfg.seed_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=f"seed-{self.seed_id}")
-        self.origin = HubClient(cfg.origin, cfg.token, cfg.data_dir / "hub")
-        self.store = PublishedStore(cfg.data_dir / "published")
-        self.swarm = Swarm(cfg.swarm)
-        self.metrics = SeedMetrics(self.swarm)  # served by `hfbt seed --metrics-port`
+        self.seed_id = seed_id
+        self.tracker = tracker
+        self.origin = origin
+        self.store = store
+        self.swarm = swarm
+        self.metrics = metrics  # served by `hfbt seed --metrics-port`
+        self.pieces = pieces  # served by `hfbt seed --piece-port` (hfbt/seed/pieces.py)
+        # The port the piece server really listens on, 0 for none: cfg.piece_port is only what was asked.
+        self.piece_port = piece_port
         self._announce: list[str] = []
         self._etag_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._files = ThreadPoolExecutor(max(1, cfg.parallel_files), thread_name_prefix="seed-file")
-        self.pieces = PieceBook()  # served by `hfbt seed --piece-port` (hfbt/seed/pieces.py)
 
     # --- lifecycle ---
 
@@ -73,7 +86,7 @@ class SeedService:
         jobs.shutdown(wait=False, cancel_futures=True)
 
     def _register(self) -> None:
-        port = self.cfg.piece_port or None  # 0: no piece server, so no URL to advertise either
+        port = self.piece_port or None  # 0: no piece server, so no URL to advertise either
         self.tracker.register_seed(
             self.seed_id, self.origin.endpoint, port, self.cfg.piece_url if port else None
         )
