@@ -54,15 +54,11 @@ class _Scrape(Collector):
         return list(self._fn())
 
 
-def swarm_families(prefix: str, swarm) -> list[Metric]:
-    """Bytes to/from peers, torrents, peers and rates of one libtorrent session (hfbt.swarm.Swarm)."""
-    totals = swarm.totals()
+def swarm_families(prefix: str, totals: dict[str, int], torrents: Iterable) -> list[Metric]:
+    """Bytes to/from peers, torrents, peers and rates of one libtorrent session, from its totals()
+    and the status of each of its torrents (hfbt.swarm.Swarm / TorrentStatus)."""
     peers = seeds = down_rate = up_rate = 0
-    for ih in swarm.info_hashes():
-        try:
-            st = swarm.status(ih)
-        except Exception:  # removed between the two calls
-            continue
+    for st in torrents:
         peers += st.peers
         seeds += st.seeds
         down_rate += st.download_rate
@@ -84,12 +80,26 @@ def swarm_families(prefix: str, swarm) -> list[Metric]:
     ]
 
 
+def _torrents_of(swarm) -> list:
+    """The status of each torrent of a session (hfbt.swarm.Swarm), as swarm_families reads them."""
+    out = []
+    for ih in swarm.info_hashes():
+        try:
+            out.append(swarm.status(ih))
+        except Exception:  # removed between the two calls
+            continue
+    return out
+
+
 # --- agent --------------------------------------------------------------------------------------
 
 
-def agent_registry(swarm) -> CollectorRegistry:
+def agent_registry(
+    totals: Callable[[], dict[str, int]], torrents: Callable[[], Iterable]
+) -> CollectorRegistry:
+    """totals, torrents: the agent node's (hfbt.agent.node.Node), read at every scrape."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Scrape(lambda: swarm_families("hfbt_agent", swarm)))
+    reg.register(_Scrape(lambda: swarm_families("hfbt_agent", totals(), torrents())))
     return reg
 
 
@@ -123,7 +133,9 @@ class SeedMetrics:
         )
         for how in ("next", "index"):
             self.piece_bytes.labels(how)
-        self.registry.register(_Scrape(lambda: swarm_families("hfbt_seed", swarm)))
+        self.registry.register(
+            _Scrape(lambda: swarm_families("hfbt_seed", swarm.totals(), _torrents_of(swarm)))
+        )
 
     def piece_served(self, how: str, size: int) -> None:
         self.piece_bytes.labels(how).inc(size)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from hfbt import cache
 from hfbt.agent.client import AgentClient, local_agent
-from hfbt.agent.node import Node
+from hfbt.agent.node import open_node
 from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
-from hfbt.swarm import Swarm
 
 
 def run_pull(
@@ -39,14 +38,8 @@ def _via_agent(agent: AgentClient, req: PullRequest, emit: Emit) -> Path:
 
 
 def pull_embedded(cfg: NodeConfig, req: PullRequest, emit: Emit) -> Path:
-    with _repo_lock(cfg, req):
-        swarm = Swarm(cfg.swarm, resume_dir=cfg.state_dir / "resume")
-        node = Node(cfg, swarm)
-        try:
-            return node.pull(req, emit)
-        finally:
-            node.close()
-            swarm.close()
+    with _repo_lock(cfg, req), open_node(cfg) as node:
+        return node.pull(req, emit)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ _END = object()
 def create_app(node: Node) -> FastAPI:
     app = FastAPI(title="hfbt agent", version=__version__, docs_url=None, redoc_url=None)
     board = PullBoard()
-    metrics = agent_registry(node.swarm)
+    metrics = agent_registry(node.totals, node.torrents)
 
     @app.get("/v1/health")
     def health() -> dict:
@@ -32,7 +32,7 @@ def create_app(node: Node) -> FastAPI:
             "ok": True,
             "version": __version__,
             "cache_dir": str(node.cfg.cache_dir),
-            "listen_port": node.swarm.listen_port,
+            "listen_port": node.listen_port,
         }
 
     @app.get("/v1/status")

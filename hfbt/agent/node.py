@@ -1,9 +1,25 @@
 """A node: pulls revisions from the swarm into the HF cache and keeps seeding what it published.
 
 Used by the agent daemon (long-lived, one per node) and by `hfbt pull` when no agent runs (an
-embedded, short-lived session). A blob goes: torrent added under `<etag>.hfbt-partial` → all pieces
-verified by BitTorrent → sha256 / git-sha1 checked against the manifest → renamed to `blobs/<etag>`
-→ snapshot symlink → (after every selected file) refs/<revision>.
+embedded, short-lived session). A Node gets its collaborators passed in: the libtorrent session, the
+tracker client, the store of published blobs and a factory for the origin fallback's Hub client;
+`open_node` is the one place that wires the real ones, so a test can drive a pull with fakes.
+
+A pull (`_PullRun`) asks the tracker for the manifest, emitting "waiting" events while the tracker
+mirrors the revision, then moves every selected file (`BlobPull`) on by one step per poll:
+
+    WAITING_TORRENT  not in the cache, and the seed has not published the blob's torrent yet: the
+                     manifest is asked for again (by commit) until it names one
+    DOWNLOADING      the torrent is in the swarm, writing `blobs/<etag>.hfbt-partial`
+    VERIFYING        all pieces verified by BitTorrent; on the finalize pool, the sha256 / git-sha1 is
+                     checked against the manifest, the file renamed to `blobs/<etag>` and recorded
+                     as published (this node seeds it from now on)
+    DONE             under its final name and linked into snapshots/<commit>/
+
+A file already in the cache, or published under another repo of it, goes straight to DONE; files of
+the same content share one download. A pull with no progress for `stall_timeout` seconds fails, or,
+with `fallback_origin` set, fetches every file not DONE yet from the origin (checked against the
+manifest like any blob, then seeded). After the last file: refs/<revision>.
 """
 
 from __future__ import annotations
@@ -14,9 +30,13 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from hfbt import cache
 from hfbt.agent.pieces import PieceFetcher, piece_urls
@@ -26,18 +46,60 @@ from hfbt.errors import HfbtError
 from hfbt.hub.client import HubClient
 from hfbt.manifest import FileEntry, Manifest, is_commit, select_files
 from hfbt.published import PublishedBlob, PublishedStore, forget_published
-from hfbt.swarm import Swarm, SwarmError
-from hfbt.trackerclient import TrackerClient
+from hfbt.swarm import Swarm, SwarmError, TorrentStatus
+from hfbt.trackerclient import ManifestReply, TrackerClient
 from hfbt.wire import seed_hands_out
 
 log = logging.getLogger("hfbt.node")
 
 POLL_S = 0.3
 REANNOUNCE_S = 3.0
+PROGRESS_S = 0.5  # progress events, and the stall check that reads them, at most this often
+
+
+class OriginClient(Protocol):
+    """What the origin fallback needs of a Hub client (hfbt.hub.client.HubClient)."""
+
+    def download(self, repo_type: str, repo_id: str, commit: str, path: str) -> Path: ...
+
+
+# (endpoint, the caller's Hub token, a scratch folder for the client's own cache: removed afterwards)
+HubClientFactory = Callable[[str, str | None, Path], OriginClient]
+
+
+@contextmanager
+def open_node(cfg: NodeConfig) -> Iterator[Node]:
+    """A node wired to its real collaborators: a libtorrent session (resume data in the state dir),
+    the tracker over HTTP and the published store; all closed, node first, when the block ends."""
+    with ExitStack() as stack:
+        swarm = Swarm(cfg.swarm, resume_dir=cfg.state_dir / "resume")
+        stack.callback(swarm.close)
+        tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=cfg.node_name)
+        stack.callback(tracker.close)
+        node = Node(cfg, swarm, tracker, PublishedStore(cfg.state_dir / "published"))
+        stack.callback(node.close)
+        yield node
+
+
+class BlobState(Enum):
+    WAITING_TORRENT = "waiting_torrent"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    DONE = "done"
+
+
+@dataclass
+class BlobPull:
+    """One selected file of a pull and where its blob stands (module docstring: the states)."""
+
+    entry: FileEntry  # replaced when a manifest refresh brings the blob's info-hash
+    state: BlobState = BlobState.WAITING_TORRENT
 
 
 @dataclass
 class _Download:
+    """A blob's torrent in the swarm, for one pull; the files of a revision with this etag share it."""
+
     entry: FileEntry
     info_hash: str
     torrent: bytes
@@ -47,11 +109,19 @@ class _Download:
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig, swarm: Swarm) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        swarm: Swarm,
+        tracker: TrackerClient,
+        published: PublishedStore,
+        hub_client_factory: HubClientFactory = HubClient,
+    ) -> None:
         self.cfg = cfg
-        self.swarm = swarm
-        self.tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=cfg.node_name)
-        self.published = PublishedStore(cfg.state_dir / "published")
+        self._swarm = swarm
+        self._tracker = tracker
+        self._published = published
+        self._hub_client = hub_client_factory
         self._finalize = ThreadPoolExecutor(2, thread_name_prefix="finalize")
         self._etag_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -60,153 +130,63 @@ class Node:
         self._fetches: dict[PullRequest, Future] = {}
 
     def close(self) -> None:
+        """Stop the node's own threads (a blob being verified is finished first); the collaborators
+        are closed by whoever made them (open_node)."""
         self._background.shutdown(wait=False, cancel_futures=True)
         self._finalize.shutdown(wait=True)
-        self.tracker.close()
 
     def reseed(self) -> int:
         """Seed every blob this node published before, if it is still in the cache (no re-hash)."""
-        found = self.published.all()
+        found = self._published.all()
         for rec, torrent in found:
-            self.swarm.add(torrent, Path(rec.path).parent, seeding=True)
+            self._swarm.add(torrent, Path(rec.path).parent, seeding=True)
         return len(found)
 
     # --- pull ------------------------------------------------------------------------------------
 
     def pull(self, req: PullRequest, emit: Emit = lambda _e: None) -> Path:
+        """Pull the request's files into the cache; returns the snapshot folder."""
         req.validate()
-        deadline = None if req.timeout is None else time.monotonic() + req.timeout
-        wait = min(20.0, self.cfg.stall_timeout or 20.0)  # the tracker holds the call while it mirrors
-        reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait, req.token)
-        repo = cache.repo_dir(self.cfg.cache_dir, req.repo_type, req.repo_id)
-        downloads: dict[str, _Download] = {}  # by etag
-        done: set[str] = set()  # paths linked into the snapshot
-        last_emit = 0.0
-        stall = _StallWatch(self.cfg.stall_timeout)
-        while True:
-            if reply.manifest is None:
-                detail = _waiting_detail(reply.job)
-                emit({"event": "waiting", "detail": detail})
-                _check_deadline(deadline, req)
-                stall.check(None, f"{req.repo_id}@{req.revision}: {detail}")
-                reply = self.tracker.manifest(req.repo_type, req.repo_id, req.revision, wait, req.token)
+        return _PullRun(self, req, emit).run()
+
+    # --- what the agent's API, its status report and the shim read ---------------------------------
+
+    @property
+    def listen_port(self) -> int:
+        return self._swarm.listen_port
+
+    def manifest(
+        self, repo_type: str, repo_id: str, revision: str, wait: float = 20.0, token: str | None = None
+    ) -> ManifestReply:
+        """The tracker's manifest of a revision; `wait`: how long the tracker may hold the call while it
+        mirrors (the reply is still "pending" without a manifest after that)."""
+        return self._tracker.manifest(repo_type, repo_id, revision, wait=wait, hf_token=token)
+
+    def read_piece(self, info_hash: str, piece: int) -> bytes:
+        """One verified piece of a joined blob, fetched first if need be; SwarmError if it never comes."""
+        return self._swarm.read_piece(info_hash, piece)
+
+    def read_ahead(self, info_hash: str, pieces: range) -> None:
+        """Ask the swarm for the pieces a reader needs next, in reading order."""
+        self._swarm.read_ahead(info_hash, pieces)
+
+    def torrents(self) -> list[TorrentStatus]:
+        """Every torrent of the session: downloads and seeds."""
+        out = []
+        for ih in self._swarm.info_hashes():
+            try:
+                out.append(self._swarm.status(ih))
+            except Exception:  # removed while we looked
                 continue
-            manifest = reply.manifest
-            selected = select_files(manifest.files, req.include, req.exclude)
-            if not selected:
-                raise HfbtError(
-                    "EntryNotFound", f"no file of {req.repo_id}@{manifest.commit} matches the filters"
-                )
-            for f in selected:
-                if f.path in done or f.etag in downloads:
-                    continue
-                if self._publish_if_local(repo, manifest.commit, f):
-                    done.add(f.path)
-                elif f.info_hash and f.etag not in downloads:
-                    downloads[f.etag] = self._start(repo, f, req.token)
-            for f in selected:
-                if f.path in done or f.etag not in downloads:
-                    continue
-                d = downloads[f.etag]
-                if d.finalizing is None and self._finished(d):
-                    d.finalizing = self._finalize.submit(self._finish, repo, d)
-                if d.finalizing is not None and d.finalizing.done():
-                    d.finalizing.result()  # raises the blob's integrity/rename error
-                    cache.link_snapshot(repo, manifest.commit, f)
-                    done.add(f.path)
-            now = time.monotonic()
-            if len(done) == len(selected):
-                break
-            if now - last_emit >= 0.5:
-                progress = self._progress(selected, done, downloads)
-                emit(progress)
-                last_emit = now
-                missing = [f.path for f in selected if f.path not in done]
-                names = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                try:
-                    stall.check(
-                        (progress["files_done"], progress["done"]),
-                        f"{req.repo_id}@{manifest.commit[:12]}: no peer sent data for {names}"
-                        " (is a seed running, and can it reach the origin?)",
-                    )
-                except HfbtError:
-                    if not self.cfg.fallback_origin:
-                        raise
-                    for f in selected:
-                        if f.path not in done:
-                            self._from_origin(repo, manifest, f, req.token, downloads.pop(f.etag, None))
-                            done.add(f.path)
-            _check_deadline(deadline, req)
-            time.sleep(POLL_S)
-            if not manifest.complete and any(not f.info_hash for f in selected if f.path not in done):
-                # The seed publishes file by file: look again for the torrents it has added since.
-                # By commit: asking by branch again could start a new resolve job on the tracker.
-                reply = self.tracker.manifest(
-                    req.repo_type, req.repo_id, manifest.commit, wait=0, hf_token=req.token
-                )
-        if not is_commit(req.revision):
-            cache.write_ref(repo, req.revision, manifest.commit)
-        snap = cache.snapshot_dir(repo, manifest.commit)
-        snap.mkdir(parents=True, exist_ok=True)
-        emit(self._progress(selected, done, downloads))
-        return snap
+        return out
 
-    def _publish_if_local(self, repo: Path, commit: str, f: FileEntry) -> bool:
-        if cache.is_linked(repo, commit, f):
-            return True
-        if f.size == 0:
-            cache.write_empty_blob(repo, f)
-        elif not cache.has_blob(repo, f) and not self._copy_from_other_repo(repo, f):
-            return False
-        # Only hfbt and the Hub client write final blob names, both after a complete download.
-        cache.link_snapshot(repo, commit, f)
-        return True
+    def totals(self) -> dict[str, int]:
+        """Payload bytes up and down since the session started, removed torrents included."""
+        return self._swarm.totals()
 
-    def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
-        assert f.info_hash
-        torrent = self.tracker.torrent(f.info_hash, hf_token=hf_token, pieces=seed_hands_out(f.size))
-        if not self.swarm.has(f.info_hash):
-            cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
-            self.swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
-            urls, plain = piece_urls(torrent)
-            log.info(
-                "event=blob_join path=%s size=%d info_hash=%s piece_servers=%d",
-                f.path, f.size, f.info_hash, len(urls),
-            )  # fmt: skip
-            if urls:
-                PieceFetcher(self.swarm, f.info_hash, urls, plain, self.cfg.auth_token).start()
-        with self._guard:
-            self._joined[f.etag] = f.info_hash
-        return _Download(f, f.info_hash, torrent)
-
-    def _from_origin(
-        self, repo: Path, manifest: Manifest, f: FileEntry, token: str | None, stalled: _Download | None
-    ) -> None:
-        """The swarm could not deliver this file: fetch it from the origin, check it, publish and seed it."""
-        log.warning(
-            "event=origin_fallback path=%s size=%d origin=%s", f.path, f.size, self.cfg.fallback_origin
-        )
-        scratch = self.cfg.state_dir / "origin-fallback" / uuid.uuid4().hex
-        try:
-            with self._etag_lock(f.etag):
-                if stalled is not None:
-                    self.swarm.remove(stalled.info_hash)
-                    (cache.blobs_dir(repo) / cache.partial_name(f.etag)).unlink(missing_ok=True)
-                if not cache.has_blob(repo, f):
-                    origin = HubClient(self.cfg.fallback_origin or "", token, scratch)
-                    got = origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
-                    if not cache.verify_blob(got, f):
-                        raise HfbtError("Integrity", f"{f.path}: the origin's bytes do not match {f.etag}")
-                    cache.import_blob(repo, f, got)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        cache.link_snapshot(repo, manifest.commit, f)
-        if f.info_hash and not self.swarm.has(f.info_hash):
-            # Seed what we fetched: the next node gets it from us, not from the origin.
-            torrent = stalled.torrent if stalled else self.tracker.torrent(f.info_hash, hf_token=token)
-            final = cache.blob_path(repo, f.etag)
-            self.swarm.add(torrent, final.parent, seeding=True)
-            self.published.put(PublishedBlob(f.etag, f.info_hash, f.size, str(final)), torrent)
+    def published_blobs(self) -> list[PublishedBlob]:
+        """The blobs this node verified and seeds, with the file each is seeded from."""
+        return [rec for rec, _ in self._published.all()]
 
     # --- for readers that stream (the HF_ENDPOINT shim) --------------------------------------------
 
@@ -224,32 +204,60 @@ class Node:
         with self._guard:
             return self._joined.get(etag)
 
-    def _finished(self, d: _Download) -> bool:
+    # --- one blob: the steps of a pull that touch the cache, the swarm and the published store ---
+
+    def _publish_if_local(self, repo: Path, commit: str, f: FileEntry) -> bool:
+        if cache.is_linked(repo, commit, f):
+            return True
+        if f.size == 0:
+            cache.write_empty_blob(repo, f)
+        elif not cache.has_blob(repo, f) and not self._copy_from_other_repo(repo, f):
+            return False
+        # Only hfbt and the Hub client write final blob names, both after a complete download.
+        cache.link_snapshot(repo, commit, f)
+        return True
+
+    def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
+        assert f.info_hash
+        torrent = self._tracker.torrent(f.info_hash, hf_token=hf_token, pieces=seed_hands_out(f.size))
+        if not self._swarm.has(f.info_hash):
+            cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
+            self._swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
+            urls, plain = piece_urls(torrent)
+            log.info(
+                "event=blob_join path=%s size=%d info_hash=%s piece_servers=%d",
+                f.path, f.size, f.info_hash, len(urls),
+            )  # fmt: skip
+            if urls:
+                PieceFetcher(self._swarm, f.info_hash, urls, plain, self.cfg.auth_token).start()
+        with self._guard:
+            self._joined[f.etag] = f.info_hash
+        return _Download(f, f.info_hash, torrent)
+
+    def _downloaded(self, d: _Download) -> bool:
+        """Whether BitTorrent has verified every piece; reannounces a torrent that has no peer yet."""
         try:
-            if self.swarm.wait_finished(d.info_hash, timeout=0):
+            if self._swarm.wait_finished(d.info_hash, timeout=0):
                 return True
-            st = self.swarm.status(d.info_hash)
+            st = self._swarm.status(d.info_hash)
         except SwarmError as e:
             raise HfbtError("SwarmError", f"{d.entry.path}: {e}") from None
         now = time.monotonic()
         if st.peers == 0 and now - d.last_announce > REANNOUNCE_S:
-            self.swarm.reannounce(d.info_hash)
+            self._swarm.reannounce(d.info_hash)
             d.last_announce = now
         return False
 
-    def _copy_from_other_repo(self, repo: Path, f: FileEntry) -> bool:
-        """The same blob published under another repo of this cache (shared files): link it in.
+    def _download_progress(self, d: _Download) -> tuple[int, int]:
+        """(bytes verified, download rate) of a blob's torrent; nothing once it left the session."""
+        try:
+            st = self._swarm.status(d.info_hash)
+        except SwarmError:
+            return 0, 0
+        return st.done, st.download_rate
 
-        One torrent per info-hash per session means the swarm cannot fetch it a second time.
-        """
-        found = self.published.get(f.etag)
-        if found is None or Path(found[0].path).parent == cache.blobs_dir(repo):
-            return False
-        with self._etag_lock(f.etag):
-            cache.import_blob(repo, f, Path(found[0].path))
-        return True
-
-    def _finish(self, repo: Path, d: _Download) -> None:
+    def _verify_and_publish(self, repo: Path, d: _Download) -> None:
+        """The finalize pool's part: hash check, rename to the final name, published record."""
         f = d.entry
         if self._copy_from_other_repo(repo, f):
             return
@@ -258,22 +266,22 @@ class Node:
             partial = cache.blobs_dir(repo) / cache.partial_name(f.etag)
             if not partial.exists() and final.is_file() and final.stat().st_size == f.size:
                 return  # another pull of the same blob published it
-            self.swarm.flush(d.info_hash)
+            self._swarm.flush(d.info_hash)
             if not cache.verify_blob(partial, f):
-                self.swarm.remove(d.info_hash)
+                self._swarm.remove(d.info_hash)
                 partial.unlink(missing_ok=True)
                 raise HfbtError("Integrity", f"{f.path}: downloaded bytes do not match {f.etag}; discarded")
             try:
-                self.swarm.rename(d.info_hash, f.etag)
+                self._swarm.rename(d.info_hash, f.etag)
             except SwarmError:
                 if not final.exists():
                     raise
                 # A Hub client sharing this cache published the blob first. Ours is verified, so it
                 # replaces theirs atomically (same bytes if theirs is right) and we seed from it.
-                self.swarm.remove(d.info_hash)
+                self._swarm.remove(d.info_hash)
                 os.replace(partial, final)
-                self.swarm.add(d.torrent, final.parent, seeding=True)
-            self.published.put(PublishedBlob(f.etag, d.info_hash, f.size, str(final)), d.torrent)
+                self._swarm.add(d.torrent, final.parent, seeding=True)
+            self._published.put(PublishedBlob(f.etag, d.info_hash, f.size, str(final)), d.torrent)
             log.info(
                 "event=blob_published path=%s size=%d seconds=%.1f",
                 f.path,
@@ -281,32 +289,50 @@ class Node:
                 time.monotonic() - d.started,
             )
 
+    def _from_origin(
+        self, repo: Path, manifest: Manifest, f: FileEntry, token: str | None, stalled: _Download | None
+    ) -> None:
+        """The swarm could not deliver this file: fetch it from the origin, check it, publish and seed it."""
+        log.warning(
+            "event=origin_fallback path=%s size=%d origin=%s", f.path, f.size, self.cfg.fallback_origin
+        )
+        scratch = self.cfg.state_dir / "origin-fallback" / uuid.uuid4().hex
+        try:
+            with self._etag_lock(f.etag):
+                if stalled is not None:
+                    self._swarm.remove(stalled.info_hash)
+                    (cache.blobs_dir(repo) / cache.partial_name(f.etag)).unlink(missing_ok=True)
+                if not cache.has_blob(repo, f):
+                    origin = self._hub_client(self.cfg.fallback_origin or "", token, scratch)
+                    got = origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
+                    if not cache.verify_blob(got, f):
+                        raise HfbtError("Integrity", f"{f.path}: the origin's bytes do not match {f.etag}")
+                    cache.import_blob(repo, f, got)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        cache.link_snapshot(repo, manifest.commit, f)
+        if f.info_hash and not self._swarm.has(f.info_hash):
+            # Seed what we fetched: the next node gets it from us, not from the origin.
+            torrent = stalled.torrent if stalled else self._tracker.torrent(f.info_hash, hf_token=token)
+            final = cache.blob_path(repo, f.etag)
+            self._swarm.add(torrent, final.parent, seeding=True)
+            self._published.put(PublishedBlob(f.etag, f.info_hash, f.size, str(final)), torrent)
+
+    def _copy_from_other_repo(self, repo: Path, f: FileEntry) -> bool:
+        """The same blob published under another repo of this cache (shared files): link it in.
+
+        One torrent per info-hash per session means the swarm cannot fetch it a second time.
+        """
+        found = self._published.get(f.etag)
+        if found is None or Path(found[0].path).parent == cache.blobs_dir(repo):
+            return False
+        with self._etag_lock(f.etag):
+            cache.import_blob(repo, f, Path(found[0].path))
+        return True
+
     def _etag_lock(self, etag: str) -> threading.Lock:
         with self._guard:
             return self._etag_locks.setdefault(etag, threading.Lock())
-
-    def _progress(self, selected: list[FileEntry], done: set[str], downloads: dict[str, _Download]) -> dict:
-        total = sum(f.size for f in selected)
-        have = 0
-        rate = 0
-        for f in selected:
-            if f.path in done:
-                have += f.size
-            elif (d := downloads.get(f.etag)) is not None:
-                try:
-                    st = self.swarm.status(d.info_hash)
-                except SwarmError:
-                    continue
-                have += st.done
-                rate += st.download_rate
-        return {
-            "event": "progress",
-            "done": have,
-            "total": total,
-            "files_done": len(done),
-            "files_total": len(selected),
-            "rate": rate,
-        }
 
     # --- gc --------------------------------------------------------------------------------------
 
@@ -317,32 +343,206 @@ class Node:
         """
         stopped = moved = 0
         # No lock here: gc holds the node's maintenance lock, so one forget runs at a time.
-        for change in forget_published(self.published, paths, self.cfg.cache_dir):
-            self.swarm.remove(change.old.info_hash)
+        for change in forget_published(self._published, paths, self.cfg.cache_dir):
+            self._swarm.remove(change.old.info_hash)
             if change.new is None:
                 stopped += 1
                 log.info("event=blob_forgotten path=%s", change.old.path)
                 continue
-            self.swarm.add(change.torrent, Path(change.new.path).parent, seeding=True)
+            self._swarm.add(change.torrent, Path(change.new.path).parent, seeding=True)
             moved += 1
             log.info("event=blob_moved from=%s to=%s", change.old.path, change.new.path)
         return {"stopped": stopped, "moved": moved}
 
 
+class _PullRun:
+    """One pull: the manifest it works from, the state of each selected file, progress and stall."""
+
+    def __init__(self, node: Node, req: PullRequest, emit: Emit) -> None:
+        self.node = node
+        self.req = req
+        self.emit = emit
+        self.deadline = None if req.timeout is None else time.monotonic() + req.timeout
+        self.wait = min(20.0, node.cfg.stall_timeout or 20.0)  # the tracker holds the call while it mirrors
+        self.repo = cache.repo_dir(node.cfg.cache_dir, req.repo_type, req.repo_id)
+        self.manifest: Manifest | None = None
+        self.blobs: list[BlobPull] = []  # the selected files, in manifest order
+        self._by_path: dict[str, BlobPull] = {}
+        self.downloads: dict[str, _Download] = {}  # by etag
+        self.stall = _StallWatch(node.cfg.stall_timeout)
+        self.last_emit = 0.0
+
+    def run(self) -> Path:
+        manifest = self._wait_for_manifest(self._ask(self.req.revision, self.wait))
+        while True:
+            self._select(manifest)
+            self._step()
+            if all(b.state is BlobState.DONE for b in self.blobs):
+                break
+            if (stall := self._report()) is not None:
+                if not self.node.cfg.fallback_origin:
+                    raise stall
+                self._fall_back()
+            _check_deadline(self.deadline, self.req)
+            time.sleep(POLL_S)
+            if self._torrents_missing():
+                # The seed publishes file by file: look again for the torrents it has added since.
+                # By commit: asking by branch again could start a new resolve job on the tracker.
+                manifest = self._wait_for_manifest(self._ask(manifest.commit, wait=0))
+        return self._finish()
+
+    def _ask(self, revision: str, wait: float) -> ManifestReply:
+        return self.node.manifest(self.req.repo_type, self.req.repo_id, revision, wait, self.req.token)
+
+    def _wait_for_manifest(self, reply: ManifestReply) -> Manifest:
+        """The reply's manifest, or (while the tracker mirrors the revision) the one it sends later."""
+        while reply.manifest is None:
+            detail = _waiting_detail(reply.job)
+            self.emit({"event": "waiting", "detail": detail})
+            _check_deadline(self.deadline, self.req)
+            if (seconds := self.stall.stalled(None)) is not None:
+                # No fallback here: without a manifest there is no file to fetch from the origin.
+                raise _stalled(seconds, f"{self.req.repo_id}@{self.req.revision}: {detail}")
+            reply = self._ask(self.req.revision, self.wait)
+        return reply.manifest
+
+    def _select(self, manifest: Manifest) -> None:
+        """Work from this manifest: the files the filters select, each keeping its state on a refresh."""
+        if manifest is self.manifest:
+            return
+        selected = select_files(manifest.files, self.req.include, self.req.exclude)
+        if not selected:
+            raise HfbtError(
+                "EntryNotFound", f"no file of {self.req.repo_id}@{manifest.commit} matches the filters"
+            )
+        blobs = []
+        for f in selected:
+            blob = self._by_path.setdefault(f.path, BlobPull(f))
+            blob.entry = f  # a refresh brings the info-hashes the seed has published since
+            blobs.append(blob)
+        self.manifest, self.blobs = manifest, blobs
+
+    def _step(self) -> None:
+        """One poll's worth for every file: join the torrents that can be joined, then advance them."""
+        for blob in self.blobs:
+            if blob.state is BlobState.WAITING_TORRENT:
+                self._join(blob)
+        for blob in self.blobs:
+            if blob.state in (BlobState.DOWNLOADING, BlobState.VERIFYING):
+                self._advance(blob)
+
+    def _join(self, blob: BlobPull) -> None:
+        """WAITING_TORRENT → DONE if the cache has the blob, → DOWNLOADING once it has a torrent."""
+        f = blob.entry
+        if f.etag in self.downloads:  # another file of the revision, same content: one download
+            blob.state = BlobState.DOWNLOADING
+        elif self.node._publish_if_local(self.repo, self._commit, f):
+            blob.state = BlobState.DONE
+        elif f.info_hash:
+            self.downloads[f.etag] = self.node._start(self.repo, f, self.req.token)
+            blob.state = BlobState.DOWNLOADING
+
+    def _advance(self, blob: BlobPull) -> None:
+        """DOWNLOADING → VERIFYING once every piece is in, → DONE once verified and renamed."""
+        d = self.downloads[blob.entry.etag]
+        if d.finalizing is None and self.node._downloaded(d):
+            d.finalizing = self.node._finalize.submit(self.node._verify_and_publish, self.repo, d)
+        if d.finalizing is None:
+            return
+        blob.state = BlobState.VERIFYING
+        if d.finalizing.done():
+            d.finalizing.result()  # raises the blob's integrity/rename error
+            cache.link_snapshot(self.repo, self._commit, blob.entry)
+            blob.state = BlobState.DONE
+
+    def _report(self) -> HfbtError | None:
+        """Emit progress (at most every PROGRESS_S); returns the Stalled error once nothing moved for
+        stall_timeout, for the caller to raise or to fall back on."""
+        now = time.monotonic()
+        if now - self.last_emit < PROGRESS_S:
+            return None
+        progress = self._progress()
+        self.emit(progress)
+        self.last_emit = now
+        seconds = self.stall.stalled((progress["files_done"], progress["done"]))
+        if seconds is None:
+            return None
+        missing = [b.entry.path for b in self.blobs if b.state is not BlobState.DONE]
+        names = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        return _stalled(
+            seconds,
+            f"{self.req.repo_id}@{self._commit[:12]}: no peer sent data for {names}"
+            " (is a seed running, and can it reach the origin?)",
+        )
+
+    def _fall_back(self) -> None:
+        """Every file not DONE → DONE from the origin (the stalled ones and the rest alike)."""
+        assert self.manifest is not None
+        for blob in self.blobs:
+            if blob.state is not BlobState.DONE:
+                stalled = self.downloads.pop(blob.entry.etag, None)
+                self.node._from_origin(self.repo, self.manifest, blob.entry, self.req.token, stalled)
+                blob.state = BlobState.DONE
+
+    def _torrents_missing(self) -> bool:
+        """Whether a file still waits for a torrent the seed has yet to publish."""
+        assert self.manifest is not None
+        return not self.manifest.complete and any(
+            not b.entry.info_hash for b in self.blobs if b.state is not BlobState.DONE
+        )
+
+    def _finish(self) -> Path:
+        if not is_commit(self.req.revision):
+            cache.write_ref(self.repo, self.req.revision, self._commit)
+        snap = cache.snapshot_dir(self.repo, self._commit)
+        snap.mkdir(parents=True, exist_ok=True)
+        self.emit(self._progress())
+        return snap
+
+    @property
+    def _commit(self) -> str:
+        assert self.manifest is not None
+        return self.manifest.commit
+
+    def _progress(self) -> dict:
+        have = rate = 0
+        for blob in self.blobs:
+            if blob.state is BlobState.DONE:
+                have += blob.entry.size
+            elif (d := self.downloads.get(blob.entry.etag)) is not None:
+                done, down = self.node._download_progress(d)
+                have += done
+                rate += down
+        return {
+            "event": "progress",
+            "done": have,
+            "total": sum(b.entry.size for b in self.blobs),
+            "files_done": sum(b.state is BlobState.DONE for b in self.blobs),
+            "files_total": len(self.blobs),
+            "rate": rate,
+        }
+
+
 class _StallWatch:
-    """Fails a pull that has made no progress for `limit` seconds, instead of waiting forever."""
+    """Tells when a pull has made no progress for `limit` seconds, instead of letting it wait forever."""
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self._mark: object = None
         self._since = time.monotonic()
 
-    def check(self, mark: object, why: str) -> None:
+    def stalled(self, mark: object) -> float | None:
+        """Seconds without a new `mark`, once that is over the limit (0: never); else None."""
         now = time.monotonic()
         if mark != self._mark:
             self._mark, self._since = mark, now
         elif self.limit and now - self._since > self.limit:
-            raise HfbtError("Stalled", f"no progress for {now - self._since:.0f}s: {why}")
+            return now - self._since
+        return None
+
+
+def _stalled(seconds: float, why: str) -> HfbtError:
+    return HfbtError("Stalled", f"no progress for {seconds:.0f}s: {why}")
 
 
 def _waiting_detail(job: dict | None) -> str:

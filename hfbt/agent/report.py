@@ -59,15 +59,11 @@ class PullBoard:
 
 def node_status(node: Node, board: PullBoard | None = None) -> dict:
     """The agent's view: torrents with rates and peers, the repos/revisions of its cache, pulls running."""
-    by_hash = {rec.info_hash: rec for rec, _ in node.published.all()}
+    by_hash = {rec.info_hash: rec for rec in node.published_blobs()}
     torrents = []
-    for ih in node.swarm.info_hashes():
-        try:
-            st = node.swarm.status(ih)
-        except Exception:  # removed while we looked
-            continue
+    for st in node.torrents():
         row = asdict(st)
-        rec = by_hash.get(ih)
+        rec = by_hash.get(st.info_hash)
         row["path"] = rec.path if rec else None
         torrents.append(row)
     seeding_paths = {t["path"] for t in torrents if t["path"]}
@@ -98,10 +94,10 @@ def node_status(node: Node, board: PullBoard | None = None) -> dict:
         "node": {
             "name": node.cfg.node_name,
             "cache_dir": str(node.cfg.cache_dir),
-            "listen_port": node.swarm.listen_port,
+            "listen_port": node.listen_port,
             "cache_size": inv.size(),
         },
-        "totals": node.swarm.totals(),
+        "totals": node.totals(),
         "rates": {
             "download": sum(t["download_rate"] for t in torrents),
             "upload": sum(t["upload_rate"] for t in torrents),

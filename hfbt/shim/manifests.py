@@ -78,7 +78,7 @@ class ManifestCache:
         deadline = time.monotonic() + PENDING_LIMIT_S
         try:
             while True:
-                reply = self._node.tracker.manifest(repo_type, repo_id, revision, wait=20, hf_token=token)
+                reply = self._node.manifest(repo_type, repo_id, revision, wait=20, token=token)
                 if reply.manifest is not None:
                     return Revision.of(reply.manifest)
                 if time.monotonic() > deadline:

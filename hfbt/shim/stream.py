@@ -56,9 +56,11 @@ def file_bytes(
 def _from_swarm(node: Node, ih: str, start: int, end: int) -> Iterator[bytes]:
     first, last = start // PIECE_LENGTH, (end - 1) // PIECE_LENGTH
     for p in range(first, last + 1):
-        node.swarm.read_ahead(ih, range(p + 1, min(p + 1 + READ_AHEAD_PIECES, last + 1)))
         try:
-            data = node.swarm.read_piece(ih, p)
+            # Both raise SwarmError once the torrent is gone (the blob failed its check, or the pull
+            # fell back to the origin): the stream ends with a logged line, not a traceback.
+            node.read_ahead(ih, range(p + 1, min(p + 1 + READ_AHEAD_PIECES, last + 1)))
+            data = node.read_piece(ih, p)
         except SwarmError as e:
             raise HfbtError("Stalled", str(e)) from None
         base = p * PIECE_LENGTH
