@@ -174,6 +174,12 @@ class TrackerMetrics:
             registry=self.registry,
         )
         self.scrapes = Counter("hfbt_tracker_scrapes", "BEP 48 scrape requests.", registry=self.registry)
+        self.refused = Counter(
+            "hfbt_tracker_refused_registrations",
+            "Registrations refused because they would change a registered commit or a file's torrent.",
+            ["what"],
+            registry=self.registry,
+        )
         self._peers = peers
         self._db = registry
         self._job_states = tuple(job_states)

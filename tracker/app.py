@@ -36,7 +36,7 @@ from tracker.handout import POLICIES, Policy, keep_roles_apart
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
 from tracker.peers import Peer, PeerStore
 from tracker.pieceservers import PieceServers, seed_piece_url
-from tracker.registry import JOB_STATES, Registry
+from tracker.registry import JOB_STATES, Immutable, Registry
 from tracker.requestlog import RequestLog
 from tracker.torrentfile import torrent_file
 
@@ -325,6 +325,8 @@ def _api_routes(state: TrackerState) -> APIRouter:
             raise ApiError(404, "NotFound", str(e)) from None
         except TorrentError as e:
             raise ApiError(422, "BadRequest", str(e)) from None
+        except Immutable as e:
+            raise _refused(state, e) from None
         return {"info_hash": info_hash}
 
     @api.post("/seeds")
@@ -350,7 +352,10 @@ def _api_routes(state: TrackerState) -> APIRouter:
         manifest = Manifest.from_dict(body.manifest)
         if body.ref is not None:
             check_revision(body.ref)
-        stored = scheduler.register_revision(manifest, body.job_id, body.ref)
+        try:
+            stored = scheduler.register_revision(manifest, body.job_id, body.ref)
+        except Immutable as e:
+            raise _refused(state, e) from None
         return {"manifest": stored.to_dict()}
 
     @api.get("/revisions")
@@ -408,3 +413,10 @@ def _api_routes(state: TrackerState) -> APIRouter:
         return {"swarms": out}
 
     return api
+
+
+def _refused(state: TrackerState, e: Immutable) -> ApiError:
+    """A registration that would change a commit or a file's torrent: one loud line, a metric, a 409."""
+    log.warning("event=registration_refused what=%s detail=%r", e.what, str(e))
+    state.metrics.refused.labels(e.what).inc()
+    return ApiError(409, "Conflict", str(e))

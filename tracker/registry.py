@@ -19,6 +19,17 @@ from pathlib import Path
 from hfbt.manifest import FileEntry, Manifest
 
 JOB_STATES = ("queued", "running", "done", "failed")
+
+
+class Immutable(ValueError):
+    """A registration that would change what is registered: a commit's files, their hashes, its private
+    flag, or a file's torrent. Nodes trust the manifest, so once set these never change."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(detail)
+        self.what = what  # "revision" or "torrent": the metric's label
+
+
 ACTIVE_STATES = ("queued", "running")
 
 _SCHEMA = """
@@ -155,30 +166,36 @@ class Registry:
     ) -> Manifest:
         """Store a validated manifest (idempotent) and point `ref` at its commit; returns the stored one.
 
-        A file's info_hash is kept only if that torrent is registered for the same blob; files without one
-        get the info_hash of an already registered torrent of the same etag (dedup across revisions/repos).
+        A commit registered before must come with the same files, hashes and private flag (else
+        Immutable), and its files keep the torrents they have. A file's info_hash is otherwise kept only
+        if that torrent is registered for the same blob; files without one get the info_hash of an
+        already registered torrent of the same etag (dedup across revisions/repos).
         """
         now = time.time() if now is None else now
         key = (manifest.repo_type, manifest.repo_id, manifest.commit)
         with self._tx() as db:
             previous = {
-                path: (size, etag, ih)
-                for path, size, etag, ih in db.execute(
-                    "SELECT path, size, etag, info_hash FROM files"
+                path: (size, etag, sha256, ih)
+                for path, size, etag, sha256, ih in db.execute(
+                    "SELECT path, size, etag, sha256, info_hash FROM files"
                     " WHERE repo_type=? AND repo_id=? AND commit_id=?",
                     key,
                 )
             }
+            known = db.execute(
+                "SELECT private FROM revisions WHERE repo_type=? AND repo_id=? AND commit_id=?", key
+            ).fetchone()
+            if known is not None:
+                _check_unchanged(manifest, bool(known[0]), previous)
             db.execute("DELETE FROM files WHERE repo_type=? AND repo_id=? AND commit_id=?", key)
             rows = []
             for f in manifest.files:
                 ih = None
-                if f.needs_torrent:
-                    candidates = [f.info_hash]
-                    old = previous.get(f.path)
-                    if old is not None and old[:2] == (f.size, f.etag):
-                        candidates.append(old[2])
-                    ih = next((c for c in candidates if c and self._torrent_matches(db, c, f)), None)
+                old = previous.get(f.path)
+                if f.needs_torrent and old is not None and old[3] is not None:
+                    ih = old[3]  # set once (_check_unchanged refused any other)
+                elif f.needs_torrent:
+                    ih = f.info_hash if f.info_hash and self._torrent_matches(db, f.info_hash, f) else None
                     if ih is None:
                         row = db.execute(
                             "SELECT info_hash FROM torrents WHERE etag=? AND size=? ORDER BY created LIMIT 1",
@@ -336,10 +353,21 @@ class Registry:
     ) -> bool:
         """Register a validated blob torrent for a file; returns whether its revision is now complete.
 
-        Every other file with the same blob that still lacks a torrent gets this one too.
+        Every other file with the same blob that still lacks a torrent gets this one too. A file's
+        torrent is set once: the same one again is a no-op, another one is refused (Immutable).
         """
         now = time.time()
         with self._tx() as db:
+            current = db.execute(
+                "SELECT info_hash FROM files WHERE repo_type=? AND repo_id=? AND commit_id=? AND path=?",
+                (repo_type, repo_id, commit, path),
+            ).fetchone()
+            if current is not None and current[0] is not None and current[0] != info_hash:
+                raise Immutable(
+                    "torrent",
+                    f"{repo_type}:{repo_id}@{commit} {path} already has torrent {current[0]}; "
+                    f"a file's torrent is set once (refused {info_hash})",
+                )
             db.execute(
                 "INSERT INTO torrents (info_hash, etag, size, info, created) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -508,6 +536,24 @@ class Registry:
 
     def running_seed_ids(self) -> list[str]:
         return [s for (s,) in self._all("SELECT DISTINCT seed_id FROM jobs WHERE state='running'") if s]
+
+
+def _check_unchanged(manifest: Manifest, private: bool, previous: dict[str, tuple]) -> None:
+    """Refuse a manifest that differs from the registered one of the same commit (Immutable)."""
+    name = f"{manifest.repo_type}:{manifest.repo_id}@{manifest.commit}"
+    if manifest.private != private:
+        raise Immutable(
+            "revision",
+            f"{name} is registered as {'private' if private else 'public'}; "
+            "a commit's private flag never changes",
+        )
+    files = {f.path: (f.size, f.etag, f.sha256) for f in manifest.files}
+    if files != {path: row[:3] for path, row in previous.items()}:
+        raise Immutable("revision", f"{name} is registered with other files or hashes; commits never change")
+    for f in manifest.files:
+        ih = previous[f.path][3]
+        if f.info_hash and ih and f.info_hash != ih:
+            raise Immutable("revision", f"{name} {f.path} already has torrent {ih}; it is set once")
 
 
 def _astuple(job: Job) -> tuple:

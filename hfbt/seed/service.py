@@ -212,4 +212,7 @@ class SeedService:
 
 def _job_error(code: str) -> str:
     # The tracker knows three outcomes; a gated repo the seed cannot read is "not found" to the nodes.
-    return {"GatedRepo": "RepoNotFound", "EntryNotFound": "OriginError"}.get(code, code)
+    # Conflict: the origin now lists other files for a registered commit; the tracker keeps the old.
+    return {"GatedRepo": "RepoNotFound", "EntryNotFound": "OriginError", "Conflict": "OriginError"}.get(
+        code, code
+    )
