@@ -121,6 +121,8 @@ class LocalCluster:
         ]
         if auth_token:
             args += ["--auth-token", auth_token]
+        if self.origin_url:
+            args += ["--origin", self.origin_url]
         proc = self.spawn("tracker", *args, *extra)
         self.tracker_url = f"http://127.0.0.1:{port}"
         self.auth_token = auth_token

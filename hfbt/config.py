@@ -127,6 +127,11 @@ OPT_TRACKER_PORT = Setting("--port", "HFBT_TRACKER_PORT", "HTTP port.")
 OPT_PUBLIC_URL = Setting(
     "--public-url", "HFBT_PUBLIC_URL", "Base URL written into .torrent files (default: the caller's)."
 )
+OPT_TRACKER_ORIGIN = Setting(
+    "--origin",
+    "HFBT_ORIGIN",
+    "Hub endpoint that decides who may read a private or gated repo (the one the seeds mirror from).",
+)
 OPT_REF_TTL = Setting("--ref-ttl", "HFBT_REF_TTL", "Seconds a resolved branch/tag stays fresh.")
 OPT_ANNOUNCE_INTERVAL = Setting("--announce-interval", "HFBT_ANNOUNCE_INTERVAL", "Seconds between announces.")
 OPT_HANDOUT = Setting("--handout", "HFBT_HANDOUT", "Peer handout policy: random-mix or seed-fanout.")
@@ -137,6 +142,8 @@ class TrackerConfig:
     db: Path
     host: str = DEFAULT_HOST
     port: int = TRACKER_PORT
+    # Where users' Hub tokens are checked: the tracker's own setting, never what a seed reports.
+    origin: str = DEFAULT_ORIGIN
     auth_token: str | None = None
     public_url: str | None = None  # base URL written into .torrent files; default: the URL the caller used
     ref_ttl: float = REF_TTL_S

@@ -3,7 +3,9 @@ node whose own Hub token the origin accepts, and no token ever reaches a log or 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -58,3 +60,50 @@ def test_private_repo_needs_a_node_token_the_origin_accepts(private_origin, tmp_
     assert leaked == []
     for f in (cluster.workdir).rglob("tracker.db*"):
         assert HUB_TOKEN.encode() not in f.read_bytes()
+
+
+class _RecordingOrigin(ThreadingHTTPServer):
+    """An origin of an attacker's choosing: it says yes to every token, and keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                outer.seen.append(self.headers.get("Authorization") or "")
+                body = b'{"id": "acme/tiny", "private": false}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_a_seed_cannot_choose_where_hub_tokens_are_checked(private_origin, tmp_path: Path) -> None:
+    """Any cluster-token holder may POST /api/v1/seeds; the origin it names must not decide access."""
+    cluster, _root = private_origin
+    attacker = _RecordingOrigin()
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        evil = f"http://127.0.0.1:{attacker.server_address[1]}"
+        r = httpx.post(f"{cluster.tracker_url}/api/v1/seeds", json={"seed_id": "evil", "origin": evil})
+        assert r.status_code == 200  # registering is still allowed (roles come later); deciding is not
+        params = {"repo_id": MODEL}
+        wrong = httpx.get(
+            f"{cluster.tracker_url}/api/v1/manifest", params=params, headers={"X-HF-Token": "hf_stolen"}
+        )
+        assert wrong.status_code == 403, wrong.text
+        right = httpx.get(
+            f"{cluster.tracker_url}/api/v1/manifest", params=params, headers={"X-HF-Token": HUB_TOKEN}
+        )
+        assert right.status_code == 200 and right.json()["manifest"]["private"] is True
+        assert attacker.seen == []  # no user's Hub token went to the seed's origin
+    finally:
+        attacker.shutdown()
+        attacker.server_close()

@@ -57,7 +57,7 @@ class FakeOrigin:
         self.asked: list[tuple[str, str]] = []
 
     def checker(self) -> AccessChecker:
-        checker = AccessChecker(lambda: "http://origin")
+        checker = AccessChecker("http://origin")
 
         async def ask(repo_type: str, repo_id: str, hf_token: str) -> bool:
             self.asked.append((hf_token, repo_id))

@@ -1,6 +1,6 @@
 """Private repos stay private: a node gets a private revision only if the origin accepts its Hub token.
 
-The tracker never stores Hub tokens: it asks the origin (the one the seeds mirror from) whether the
+The tracker never stores Hub tokens: it asks the origin (its own --origin, never one a seed names) whether the
 token can read that repo, and remembers the yes/no in memory for a few minutes under a hash of the
 token, so a busy cluster does not hit the origin once per request.
 """
@@ -31,9 +31,9 @@ class Decision:
 
 
 class AccessChecker:
-    def __init__(
-        self, origin_url: Callable[[], str | None], clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, origin_url: str, clock: Callable[[], float] = time.monotonic) -> None:
+        # The tracker's configuration, never a seed's word: whoever names the origin decides who may
+        # read private repos, and receives every user's Hub token.
         self._origin_url = origin_url
         self._clock = clock
         self._decisions: dict[tuple[str, str, str], Decision] = {}
@@ -51,9 +51,9 @@ class AccessChecker:
         return ok
 
     async def _ask_origin(self, repo_type: str, repo_id: str, hf_token: str) -> bool:
-        origin = self._origin_url()
+        origin = self._origin_url
         if not origin:
-            raise AccessUnverifiable("no seed has told the tracker which origin it mirrors from")
+            raise AccessUnverifiable("the tracker has no --origin to check Hub tokens against")
         url = f"{origin.rstrip('/')}/api/{repo_type}s/{repo_id}"
         try:
             async with httpx.AsyncClient(timeout=10.0) as client:

@@ -106,7 +106,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         piece_servers=PieceServers(),
         scheduler=scheduler,
         auth=Auth(cfg.auth_token),
-        access=AccessChecker(registry.origin_url),
+        access=AccessChecker(cfg.origin),
         handout=POLICIES[cfg.handout],
         metrics=TrackerMetrics(peers, registry, JOB_STATES, scheduler.seed_timeout),
         interval=interval,

@@ -280,13 +280,6 @@ class Registry:
     def job_counts(self) -> dict[str, int]:
         return dict(self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
-    def origin_url(self) -> str | None:
-        """The origin the most recently seen seed mirrors from (where node Hub tokens are checked)."""
-        row = self._all(
-            "SELECT origin FROM seeds WHERE origin IS NOT NULL ORDER BY last_seen DESC LIMIT 1", ()
-        )
-        return row[0][0] if row else None
-
     def list_revisions(self, repo_type: str | None = None, repo_id: str | None = None) -> list[dict]:
         rows = self._all(
             "SELECT r.repo_type, r.repo_id, r.commit_id, r.complete,"
