@@ -80,17 +80,6 @@ def swarm_families(prefix: str, totals: dict[str, int], torrents: Iterable) -> l
     ]
 
 
-def _torrents_of(swarm) -> list:
-    """The status of each torrent of a session (hfbt.swarm.Swarm), as swarm_families reads them."""
-    out = []
-    for ih in swarm.info_hashes():
-        try:
-            out.append(swarm.status(ih))
-        except Exception:  # removed between the two calls
-            continue
-    return out
-
-
 # --- agent --------------------------------------------------------------------------------------
 
 
@@ -133,9 +122,7 @@ class SeedMetrics:
         )
         for how in ("next", "index"):
             self.piece_bytes.labels(how)
-        self.registry.register(
-            _Scrape(lambda: swarm_families("hfbt_seed", swarm.totals(), _torrents_of(swarm)))
-        )
+        self.registry.register(_Scrape(lambda: swarm_families("hfbt_seed", swarm.totals(), swarm.statuses())))
 
     def piece_served(self, how: str, size: int) -> None:
         self.piece_bytes.labels(how).inc(size)

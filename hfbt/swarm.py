@@ -307,6 +307,16 @@ class Swarm:
 
     # --- status --------------------------------------------------------------------------------
 
+    def statuses(self) -> list[TorrentStatus]:
+        """Every torrent's status, downloads and seeds; one removed while we look is left out."""
+        out = []
+        for ih in self.info_hashes():
+            try:
+                out.append(self.status(ih))
+            except Exception:  # removed meanwhile: SwarmError, or libtorrent's invalid handle
+                continue
+        return out
+
     def status(self, ih: str) -> TorrentStatus:
         entry = self._entry(ih)
         st = entry.handle.status()

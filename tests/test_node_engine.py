@@ -163,6 +163,9 @@ class FakeSwarm:
     def info_hashes(self) -> list[str]:
         return list(self._torrents)
 
+    def statuses(self) -> list[TorrentStatus]:
+        return [self.status(ih) for ih in self._torrents]
+
     def wait_finished(self, ih: str, timeout: float | None = None) -> bool:
         t = self._get(ih)
         t.polls += 1

@@ -253,6 +253,9 @@ class FakeSwarm:
     def info_hashes(self) -> list[str]:
         return list(self.torrents)
 
+    def statuses(self) -> list[SimpleNamespace]:
+        return [self.status(ih) for ih in self.torrents]
+
     def status(self, ih: str) -> SimpleNamespace:
         return SimpleNamespace(peers=0, seeds=0, download_rate=0, upload_rate=0)
 

@@ -172,13 +172,7 @@ class Node:
 
     def torrents(self) -> list[TorrentStatus]:
         """Every torrent of the session: downloads and seeds."""
-        out = []
-        for ih in self._swarm.info_hashes():
-            try:
-                out.append(self._swarm.status(ih))
-            except Exception:  # removed while we looked
-                continue
-        return out
+        return self._swarm.statuses()
 
     def totals(self) -> dict[str, int]:
         """Payload bytes up and down since the session started, removed torrents included."""
