@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from fastbencode import bencode
 
 from hfbt.config import TrackerConfig
+from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH, Manifest
 from tracker.app import create_app
 from tracker.registry import Immutable, Registry
@@ -23,14 +24,10 @@ SMALL = b'{"model_type": "synth"}\n'
 BIG = b"\x05" * (PIECE_LENGTH + 7)
 
 
-def _git_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def manifest_dict(**over: object) -> dict:
     big = hashlib.sha256(BIG).hexdigest()
     files = [
-        {"path": "config.json", "size": len(SMALL), "etag": _git_sha1(SMALL)},
+        {"path": "config.json", "size": len(SMALL), "etag": git_blob_sha1_bytes(SMALL)},
         {"path": "model.safetensors", "size": len(BIG), "etag": big, "sha256": big},
     ]
     body = {"repo_type": "model", "repo_id": "org/m", "commit": COMMIT, "files": files, "private": False}
@@ -57,7 +54,7 @@ def changed_manifests() -> list[tuple[str, dict]]:
     other_size = [dict(base["files"][0]), {**base["files"][1], "size": len(BIG) + 1}]
     other_sha = hashlib.sha256(b"other bytes").hexdigest()
     other_hash = [dict(base["files"][0]), {**base["files"][1], "etag": other_sha, "sha256": other_sha}]
-    extra = [*base["files"], {"path": "extra.bin", "size": 3, "etag": _git_sha1(b"abc")}]
+    extra = [*base["files"], {"path": "extra.bin", "size": 3, "etag": git_blob_sha1_bytes(b"abc")}]
     return [
         ("private flag", manifest_dict(private=True)),
         ("size", manifest_dict(files=other_size)),

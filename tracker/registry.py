@@ -211,7 +211,7 @@ class Registry:
             db.execute(
                 "INSERT INTO revisions (repo_type, repo_id, commit_id, complete, created, updated, private)"
                 " VALUES (?, ?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET updated=excluded.updated, private=excluded.private",
+                " ON CONFLICT DO UPDATE SET updated=excluded.updated",  # private never changes
                 (*key, now, now, int(manifest.private)),
             )
             self._update_complete(db, [key], now)
