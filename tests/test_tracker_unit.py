@@ -1,4 +1,4 @@
-"""Tracker logic without a server: announce parsing, handout, passkeys, torrents, registry, scheduler."""
+"""Tracker logic without a server: announce parsing, handout, torrents, registry, scheduler."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, ManifestError
 from hfbt.torrents import TorrentError
 from tracker import announce as bt
 from tracker.app import create_app
-from tracker.auth import Auth, check_bearer, passkey_for, verify_passkey
 from tracker.handout import clamp_numwant, random_mix
 from tracker.mirror import MirrorFailed, Scheduler
 from tracker.peers import Peer, PeerStore, SwarmCounts
@@ -98,11 +97,64 @@ def test_parse_announce_rejects(query: bytes, reason: str) -> None:
         bt.parse_announce(query, "10.0.0.5")
 
 
-def test_ip_param_only_as_literal() -> None:
-    assert bt.parse_announce(good(ip="10.1.2.3"), "10.0.0.5").ip == "10.1.2.3"
-    assert bt.parse_announce(good(ip="evil.example.com"), "10.0.0.5").ip == "10.0.0.5"
-    assert bt.parse_announce(good(ip="fd00::1"), "10.0.0.5").ip == "fd00::1"
+def test_ip_param_is_ignored_unless_trusted() -> None:
+    # An untrusted ip= cannot point the swarm at someone else's address, whatever it holds.
+    for claimed in ("10.1.2.3", "evil.example.com", "fe80::1%25%C3%BC", "\xff"):
+        assert bt.parse_announce(good(ip=claimed), "10.0.0.5").ip == "10.0.0.5"
     assert bt.parse_announce(good(), "::ffff:10.0.0.9").ip == "10.0.0.9"
+    # A link-local connection address loses its zone: it names an interface of this host.
+    assert bt.parse_announce(good(), "fe80::1%eth0").ip == "fe80::1"
+
+
+def test_trusted_ip_param_must_be_a_plain_literal() -> None:
+    assert bt.parse_announce(good(ip="10.1.2.3"), "10.0.0.5", trust_ip=True).ip == "10.1.2.3"
+    assert bt.parse_announce(good(ip="fd00::1"), "10.0.0.5", trust_ip=True).ip == "fd00::1"
+    assert bt.parse_announce(good(ip="::ffff:10.1.2.3"), "10.0.0.5", trust_ip=True).ip == "10.1.2.3"
+    assert bt.parse_announce(good(), "10.0.0.5", trust_ip=True).ip == "10.0.0.5"
+    for bad in (
+        "fe80::1%eth0",
+        "fe80::1%\u00fc",
+        "evil.example.com",
+        "[fd00::1]",
+        " 10.1.2.3",
+        "10.1.2.3\n",
+        "010.1.2.3",
+        "0.0.0.0",
+        "::",
+        "224.0.0.1",
+        "１０.1.2.3",
+        b"\xff\xfe",
+    ):
+        with pytest.raises(bt.AnnounceError, match="invalid ip"):
+            bt.parse_announce(good(ip=bad), "10.0.0.5", trust_ip=True)
+    with pytest.raises(bt.AnnounceError, match="cannot determine"):
+        bt.parse_announce(good(), "", trust_ip=True)
+
+
+@pytest.mark.parametrize("name", ["port", "uploaded", "downloaded", "left", "numwant"])
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2", "\u0661", "\uff18", " 1", "1 ", "1_0", "0x10", "1e3"])
+def test_integers_are_ascii_digits_only(name: str, value: str) -> None:
+    with pytest.raises(bt.AnnounceError, match=f"invalid {name}"):
+        bt.parse_announce(good(**{name: value}), "10.0.0.5")
+
+
+def test_response_builders_skip_unusable_stored_peers() -> None:
+    junk = [
+        Peer(b"a" * 20, "fe80::1%\u00fc", 6881, 1),
+        Peer(b"b" * 20, "not-an-ip", 6881, 1),
+        Peer(b"c" * 20, "10.0.0.3", 70000, 1),
+        Peer(b"d" * 20, "10.0.0.4", 0, 1),
+        Peer(b"e" * 20, "10.0.0.5", -1, 1),
+    ]
+    fine = peer(2)
+    for compact in (True, False):
+        body = bdecode(bt.announce_response([*junk, fine], SwarmCounts(0, 6, 0), 30, 15, compact=compact))
+        if compact:
+            assert body[b"peers"] == bytes([10, 0, 0, 2]) + (6002).to_bytes(2, "big")
+            assert b"peers6" not in body
+        else:
+            assert body[b"peers"] == [{b"ip": b"10.0.0.2", b"peer id": fine.peer_id, b"port": 6002}]
+    assert bdecode(bt.failure("bad \udcff")) == {b"failure reason": b"bad ?"}
 
 
 def test_parse_scrape_multiple() -> None:
@@ -206,32 +258,6 @@ def test_peer_store_upsert_counts_expire() -> None:
     assert [p.peer_id for p in store.peers_for(IH, now=171)] == [b"c" * 20]
     store.remove(IH, b"c" * 20)
     assert store.peers_for(IH) == [] and store.info_hashes() == []
-
-
-# -- passkeys ----------------------------------------------------------------------------------------
-
-
-def test_passkeys() -> None:
-    pk = passkey_for("s3cret", "gpu-01.rack2")
-    node, mac = pk.rsplit(".", 1)
-    assert node == "gpu-01.rack2" and len(mac) == 32
-    assert verify_passkey("s3cret", pk) == "gpu-01.rack2"
-    assert verify_passkey("other", pk) is None
-    assert verify_passkey("s3cret", "gpu-02.rack2." + mac) is None
-    assert verify_passkey("s3cret", pk[:-1] + ("0" if pk[-1] != "0" else "1")) is None
-    assert verify_passkey("s3cret", None) is None and verify_passkey("s3cret", "nodot") is None
-    with pytest.raises(ValueError):
-        passkey_for("s3cret", "../etc")
-
-
-def test_bearer_and_open_mode() -> None:
-    assert check_bearer("tok", "Bearer tok") and check_bearer("tok", "bearer  tok ")
-    assert not check_bearer("tok", "Bearer tok2") and not check_bearer("tok", "Basic tok")
-    assert not check_bearer("tok", None)
-    assert Auth(None).api_allowed(None) and Auth(None).announce_allowed(None)
-    assert Auth(None).announce_path("n1") == "/announce"
-    assert Auth("tok").announce_path("n1") == "/announce/" + passkey_for("tok", "n1")
-    assert not Auth("tok").api_allowed("Bearer nope")
 
 
 # -- torrents ----------------------------------------------------------------------------------------
@@ -522,3 +548,70 @@ def test_stale_ref_is_answered_from_the_last_commit_when_no_seed_can_refresh_it(
 
     asyncio.run(main())
     reg.close()
+
+
+# -- mirror job bounds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "revision"),
+    [("o/m", "."), ("o/m", ".."), ("o/m", "a/../b"), ("a/..", "main"), ("../b", "main"), ("o/m", "x\0")],
+)
+def test_no_job_for_a_key_no_origin_could_have(tmp_path: Path, repo_id: str, revision: str) -> None:
+    reg = Registry(tmp_path / "r.db")
+
+    async def main() -> None:
+        s = Scheduler(reg, ref_ttl=30)
+        with pytest.raises(ManifestError):
+            await s.get_manifest("model", repo_id, revision, 0)
+        with pytest.raises(ManifestError):
+            s.ensure_job("model", repo_id, revision)
+        assert reg.list_jobs() == []
+
+    asyncio.run(main())
+    reg.close()
+
+
+def test_queued_jobs_are_bounded_but_joining_one_is_not(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.db")
+    clock = Clock()
+
+    async def main() -> None:
+        s = Scheduler(reg, ref_ttl=30, clock=clock, max_queued_jobs=3)
+        for i in range(3):
+            assert (await s.get_manifest("model", f"junk/r{i}", "main", 0)).status == "pending"
+        with pytest.raises(MirrorFailed) as e:
+            await s.get_manifest("model", "junk/r3", "main", 0)
+        assert (e.value.status, e.value.code) == (503, "TooManyJobs") and "retry later" in e.value.detail
+        # Asking again for a queued key joins its job: no new job, no refusal.
+        assert (await s.get_manifest("model", "junk/r0", "main", 0)).status == "pending"
+        # A seed taking one makes room (running jobs are bounded by the seeds, not by this).
+        assert await s.next_job("seed1", 0) is not None
+        assert (await s.get_manifest("model", "junk/r3", "main", 0)).status == "pending"
+        assert len(reg.list_jobs()) == 4
+        # A known revision still answers from the registry when the queue is full.
+        reg.register_revision(make_manifest(repo_id="org/known"), ref="main", now=clock.t - 100)
+        with pytest.raises(MirrorFailed):
+            await s.get_manifest("model", "junk/r4", "main", 0)
+        stale = await s.get_manifest("model", "org/known", "main", 0)
+        assert stale.manifest is not None and stale.manifest.commit == COMMIT
+        partial = await s.get_manifest("model", "org/known", COMMIT, 0)
+        assert partial.status == "partial"  # its re-mirror job is skipped, not an error
+
+    asyncio.run(main())
+    reg.close()
+
+
+def test_bad_revisions_and_a_full_queue_are_4xx_and_503_over_http(tmp_path: Path) -> None:
+    app = create_app(TrackerConfig(db=tmp_path / "t.db"))
+    app.state.scheduler.max_queued_jobs = 2
+    with TestClient(app) as client:
+        for repo_id, revision in [("org/m", "."), ("org/m", "a/../b"), ("a/..", "main"), ("o/m", "x" * 300)]:
+            r = client.get("/api/v1/manifest", params={"repo_id": repo_id, "revision": revision, "wait": 0})
+            assert r.status_code == 422 and r.json()["error"] == "BadRequest", r.text
+        for i in range(2):
+            r = client.get("/api/v1/manifest", params={"repo_id": f"junk/r{i}", "wait": 0})
+            assert r.status_code == 202
+        r = client.get("/api/v1/manifest", params={"repo_id": "junk/r2", "wait": 0})
+        assert r.status_code == 503 and r.json()["error"] == "TooManyJobs"
+        assert client.get("/healthz").json() == {"ok": True}

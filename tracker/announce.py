@@ -7,6 +7,7 @@ from the raw bytes here: a text-decoding query parser (Starlette's) would mangle
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -22,6 +23,8 @@ DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200
 _MAX_QUERY = 8192
 _MAX_INT = 2**63 - 1
+# ASCII digits only, at most 19 of them: int() would also take "+1", " 1", "1_0" and non-ASCII digits.
+_UINT = re.compile(rb"[0-9]{1,19}")
 
 
 class AnnounceError(ValueError):
@@ -47,7 +50,7 @@ class Announce:
 def parse_query(raw: bytes | str) -> dict[str, list[bytes]]:
     """Split a raw query string into name → raw byte values, in order (non-ASCII names are skipped)."""
     if isinstance(raw, str):
-        raw = raw.encode("latin-1")
+        raw = raw.encode("utf-8", "replace")
     if len(raw) > _MAX_QUERY:
         raise AnnounceError("query string too long")
     out: dict[str, list[bytes]] = {}
@@ -83,8 +86,7 @@ def _int(q: Mapping[str, list[bytes]], name: str, default: int | None = None) ->
         if default is None:
             raise AnnounceError(f"missing {name}")
         return default
-    # isdigit() alone accepts non-ASCII digits and int() accepts "+1", " 1", "1_0": be strict.
-    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+    if _UINT.fullmatch(value) is None:
         raise AnnounceError(f"invalid {name}: expected a non-negative integer")
     n = int(value)
     if n > _MAX_INT:
@@ -102,18 +104,49 @@ def _flag(q: Mapping[str, list[bytes]], name: str, default: bool) -> bool:
 
 
 def ip_literal(value: str) -> str | None:
-    """The normalized address if `value` is an IP literal (IPv4-mapped IPv6 becomes IPv4), else None."""
+    """The normalized address if `value` is a plain IP literal, else None.
+
+    IPv4-mapped IPv6 becomes IPv4. A zone id ("fe80::1%eth0") is refused: it means nothing to other
+    hosts, and ipaddress keeps whatever follows the "%" (any Unicode) in the address's text.
+    """
+    if not value.isascii() or "%" in value:
+        return None
     try:
-        addr = ipaddress.ip_address(value.strip("[]"))
+        addr = ipaddress.ip_address(value)
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+        return str(addr.ipv4_mapped)
     return str(addr)
 
 
-def parse_announce(raw_query: bytes | str, client_ip: str) -> Announce:
-    """Validate a BEP 3 announce. The peer's address is the connection's unless `ip` is an IP literal."""
+def _connection_ip(client_ip: str) -> str:
+    """The connection's address, normalized; a link-local one loses its zone (an interface of this host)."""
+    host, _, _zone = client_ip.partition("%")
+    normalized = ip_literal(host)
+    if normalized is None:
+        raise AnnounceError("cannot determine the peer's IP address")
+    return normalized
+
+
+def _claimed_ip(raw: bytes) -> str:
+    claimed = ip_literal(raw.decode("latin-1"))  # latin-1 never fails; ip_literal refuses non-ASCII
+    if claimed is None:
+        raise AnnounceError("invalid ip: expected a plain IPv4 or IPv6 address (no hostname, no zone id)")
+    addr = ipaddress.ip_address(claimed)
+    if addr.is_unspecified or addr.is_multicast:
+        raise AnnounceError("invalid ip: not a unicast address")
+    return claimed
+
+
+def parse_announce(raw_query: bytes | str, client_ip: str, trust_ip: bool = False) -> Announce:
+    """Validate a BEP 3 announce.
+
+    The peer's address is the connection's. With `trust_ip` (nodes behind NAT, a deployment's choice),
+    an `ip` parameter replaces it, but only as a plain IP literal: a hostname would make the tracker
+    hand out whatever a client claims. Without it, `ip` is ignored, so no client can point the swarm
+    at someone else's address.
+    """
     q = parse_query(raw_query)
     info_hash = _hash20(q, "info_hash")
     peer_id = _hash20(q, "peer_id")
@@ -128,23 +161,15 @@ def parse_announce(raw_query: bytes | str, client_ip: str) -> Announce:
     if event not in EVENTS:
         raise AnnounceError("invalid event: expected started, completed, stopped or empty")
     numwant = _int(q, "numwant", -1)
-    ip = client_ip
     raw_ip = _first(q, "ip")
-    if raw_ip:
-        # A hostname here would make the tracker hand out whatever a client claims; only literals count.
-        claimed = ip_literal(raw_ip.decode("latin-1"))
-        if claimed is not None:
-            ip = claimed
-    normalized = ip_literal(ip)
-    if normalized is None:
-        raise AnnounceError("cannot determine the peer's IP address")
+    ip = _claimed_ip(raw_ip) if trust_ip and raw_ip else _connection_ip(client_ip)
     role = (_first(q, ROLE_PARAM) or b"").decode("ascii", "replace")
     if role not in ROLES:
         raise AnnounceError(f"invalid {ROLE_PARAM}: expected {ROLE_SEED} or {ROLE_PIECES}")
     return Announce(
         info_hash=info_hash,
         peer_id=peer_id,
-        ip=normalized,
+        ip=ip,
         port=port,
         uploaded=uploaded,
         downloaded=downloaded,
@@ -169,17 +194,24 @@ def parse_scrape(raw_query: bytes | str) -> list[bytes]:
     return list(dict.fromkeys(hashes))
 
 
+def _endpoint(p: Peer) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    """A stored peer's address and port, or None for one no client could use (never raises)."""
+    if not isinstance(p.port, int) or not 1 <= p.port <= 65535 or not isinstance(p.ip, str):
+        return None
+    literal = ip_literal(p.ip)
+    return (ipaddress.ip_address(literal), p.port) if literal is not None else None
+
+
 def compact_peers(peers: Iterable[Peer]) -> tuple[bytes, bytes]:
     """BEP 23 `peers` (6 bytes per IPv4 peer) and BEP 7 `peers6` (18 bytes per IPv6 peer)."""
     v4 = bytearray()
     v6 = bytearray()
     for p in peers:
-        addr = ipaddress.ip_address(p.ip)
-        port = p.port.to_bytes(2, "big")
-        if addr.version == 4:
-            v4 += addr.packed + port
-        else:
-            v6 += addr.packed + port
+        endpoint = _endpoint(p)
+        if endpoint is None:
+            continue
+        addr, port = endpoint
+        (v4 if addr.version == 4 else v6).extend(addr.packed + port.to_bytes(2, "big"))
     return bytes(v4), bytes(v6)
 
 
@@ -191,6 +223,7 @@ def announce_response(
     compact: bool = True,
     no_peer_id: bool = False,
 ) -> bytes:
+    """The bencoded announce answer. Peers whose stored address is unusable are left out, not fatal."""
     resp: dict[bytes, object] = {
         b"interval": interval,
         b"min interval": min_interval,
@@ -206,9 +239,13 @@ def announce_response(
     else:
         out = []
         for p in peers:
-            d: dict[bytes, object] = {b"ip": p.ip.encode("ascii"), b"port": p.port}
+            endpoint = _endpoint(p)
+            if endpoint is None:
+                continue
+            addr, port = endpoint
+            d: dict[bytes, object] = {b"ip": str(addr).encode("ascii"), b"port": port}
             if not no_peer_id:
-                d[b"peer id"] = p.peer_id
+                d[b"peer id"] = bytes(p.peer_id)
             out.append(d)
         resp[b"peers"] = out
     return bencode(resp)
@@ -226,4 +263,4 @@ def scrape_response(files: Mapping[bytes, SwarmCounts]) -> bytes:
 
 
 def failure(reason: str) -> bytes:
-    return bencode({b"failure reason": reason.encode("utf-8")})
+    return bencode({b"failure reason": reason.encode("utf-8", "replace")})

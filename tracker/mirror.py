@@ -25,7 +25,10 @@ SEED_TIMEOUT_S = 90.0
 MAX_WAIT_S = 60.0
 # A partial revision whose last job ended this recently is not re-mirrored yet (no retry storm).
 REMIRROR_AFTER_S = 60.0
-FAILURE_STATUS = {"RepoNotFound": 404, "RevisionNotFound": 404, "OriginError": 502}
+# Every queued job is a (repo, revision) some node asked for and no seed has taken yet. Any node can ask
+# for names that do not exist, so the queue is bounded: past this, a request for a new key is refused.
+MAX_QUEUED_JOBS = 1000
+FAILURE_STATUS = {"RepoNotFound": 404, "RevisionNotFound": 404, "OriginError": 502, "TooManyJobs": 503}
 
 
 def _clamp_wait(wait: float) -> float:
@@ -72,8 +75,10 @@ class Scheduler:
         seed_timeout: float = SEED_TIMEOUT_S,
         remirror_after: float = REMIRROR_AFTER_S,
         clock: Callable[[], float] = time.time,
+        max_queued_jobs: int = MAX_QUEUED_JOBS,
     ) -> None:
         self.registry = registry
+        self.max_queued_jobs = max_queued_jobs
         self.ref_ttl = ref_ttl
         self.seed_timeout = seed_timeout
         self.remirror_after = remirror_after
@@ -108,7 +113,19 @@ class Scheduler:
     # -- nodes -----------------------------------------------------------------------------------
 
     def ensure_job(self, repo_type: str, repo_id: str, revision: str) -> Job:
-        """The queued/running job for this key, or a new queued one."""
+        """The queued/running job for this key, or a new queued one.
+
+        Raises ManifestError for a key no origin could have, and MirrorFailed("TooManyJobs") when a new
+        job would pass `max_queued_jobs`: joining an existing job is always possible.
+        """
+        check_repo_type(repo_type)
+        check_repo_id(repo_id)
+        check_revision(revision)
+        if self.registry.active_job(repo_type, repo_id, revision) is None:
+            queued = self.registry.job_counts().get("queued", 0)
+            if queued >= self.max_queued_jobs:
+                log.warning("event=job_refused reason=queue_full queued=%d", queued)
+                raise MirrorFailed("TooManyJobs", f"too many pending mirror jobs ({queued}); retry later")
         job, created = self.registry.ensure_job(repo_type, repo_id, revision, self.clock())
         if created:
             log.info("event=job_created id=%s repo=%s:%s revision=%s", job.id, repo_type, repo_id, revision)
@@ -137,7 +154,12 @@ class Scheduler:
                 if stale is not None and self.clock() - ref.resolved_at < self.ref_ttl:
                     self._keep_mirroring(stale)
                     return Lookup(manifest=stale)
-        job = self.ensure_job(repo_type, repo_id, revision)
+        try:
+            job = self.ensure_job(repo_type, repo_id, revision)
+        except MirrorFailed:
+            if stale is not None:
+                return Lookup(manifest=stale)  # the queue is full: the last known commit still answers
+            raise
         if stale is not None and self.alive_seeds() == 0:
             # Nobody can re-resolve the ref now: the last known commit beats blocking every node.
             # The queued job refreshes the ref once a seed comes back.
@@ -188,7 +210,10 @@ class Scheduler:
             return
         if jobs and self.clock() - jobs[0].updated < self.remirror_after:
             return
-        self.ensure_job(manifest.repo_type, manifest.repo_id, manifest.commit)
+        try:
+            self.ensure_job(manifest.repo_type, manifest.repo_id, manifest.commit)
+        except MirrorFailed:
+            pass  # the queue is full: the partial manifest still answers, a later request retries
 
     # -- seeds -----------------------------------------------------------------------------------
 
