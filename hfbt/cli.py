@@ -41,7 +41,6 @@ def option(s: C.Setting, **kw: Any) -> Any:
 
 # Options several commands share (each command still picks its own default).
 Host = Annotated[str, option(C.OPT_HOST)]
-AuthToken = Annotated[str | None, option(C.OPT_AUTH_TOKEN)]
 TrackerUrl = Annotated[str, option(C.OPT_TRACKER)]
 LogLevel = Annotated[str, option(C.OPT_LOG_LEVEL)]
 RepoType = Annotated[str, option(C.OPT_REPO_TYPE)]
@@ -83,6 +82,13 @@ def _setup_logs(level: str) -> None:
     log.setup(level)
 
 
+def _secret(secret: C.Secret) -> str | None:
+    try:
+        return C.read_secret(secret)
+    except HfbtError as e:
+        _fail(e)
+
+
 def _lt_settings(items: list[str] | None) -> dict[str, int | bool | str]:
     try:
         return C.parse_lt_settings(items)
@@ -97,20 +103,37 @@ def _console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-@app.command()
+tracker_app = typer.Typer(
+    help="Run the private tracker, revision registry and mirror scheduler; `node` manages node identities.",
+    no_args_is_help=False,
+)
+app.add_typer(tracker_app, name="tracker")
+node_app = typer.Typer(
+    help="Node identities (needs HFBT_OPERATOR_TOKEN): each node's own credential, revocable.",
+    no_args_is_help=True,
+)
+tracker_app.add_typer(node_app, name="node")
+
+
+@tracker_app.callback(invoke_without_command=True)
 def tracker(
+    ctx: typer.Context,
     db: Annotated[Path, option(C.OPT_DB)] = C.TRACKER_DB,
     host: Host = C.DEFAULT_HOST,
     port: Annotated[int, option(C.OPT_TRACKER_PORT)] = C.TRACKER_PORT,
-    auth_token: AuthToken = None,
     public_url: Annotated[str | None, option(C.OPT_PUBLIC_URL)] = None,
     origin: Annotated[str, option(C.OPT_TRACKER_ORIGIN)] = C.DEFAULT_ORIGIN,
     ref_ttl: Annotated[float, option(C.OPT_REF_TTL)] = C.REF_TTL_S,
     announce_interval: Annotated[int, option(C.OPT_ANNOUNCE_INTERVAL)] = C.ANNOUNCE_INTERVAL_S,
     handout: Annotated[str, option(C.OPT_HANDOUT)] = C.TrackerConfig.handout,
+    ticket_key: Annotated[Path | None, option(C.OPT_TICKET_KEY)] = None,
+    ticket_ttl: Annotated[float, option(C.OPT_TICKET_TTL, min=5.0)] = C.TICKET_TTL_S,
+    trust_announce_ip: Annotated[bool, option(C.OPT_TRUST_ANNOUNCE_IP)] = False,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
     """Run the private tracker, revision registry and mirror scheduler."""
+    if ctx.invoked_subcommand is not None:
+        return
     _setup_logs(log_level)
     from tracker.handout import POLICIES
     from tracker.server import serve
@@ -121,14 +144,61 @@ def tracker(
         db=db,
         host=host,
         port=port,
-        auth_token=auth_token,
         public_url=public_url,
         origin=origin,
+        operator_token=_secret(C.SECRET_OPERATOR_TOKEN),
+        seed_token=_secret(C.SECRET_SEED_TOKEN),
+        ticket_key=ticket_key,
+        ticket_ttl=ticket_ttl,
+        trust_announce_ip=trust_announce_ip,
         ref_ttl=ref_ttl,
         announce_interval=announce_interval,
         handout=handout,
     )
-    serve(cfg)
+    try:
+        serve(cfg)
+    except (HfbtError, ValueError) as e:
+        _fail(e if isinstance(e, HfbtError) else HfbtError("BadConfig", str(e)))
+
+
+def _operator(tracker: str) -> Any:
+    from hfbt.operator import OperatorClient
+
+    token = _secret(C.SECRET_OPERATOR_TOKEN)
+    if not token:
+        _fail(HfbtError("Unauthorized", f"set {C.SECRET_OPERATOR_TOKEN.env} to manage node identities"))
+    return OperatorClient(tracker, token)
+
+
+@node_app.command("add")
+def node_add(name: str, tracker: TrackerUrl = C.DEFAULT_TRACKER) -> None:
+    """Issue NAME's credential and print it once (give it to the node as HFBT_NODE_TOKEN)."""
+    try:
+        typer.echo(_operator(tracker).add_node(name))
+    except HfbtError as e:
+        _fail(e)
+
+
+@node_app.command("revoke")
+def node_revoke(name: str, tracker: TrackerUrl = C.DEFAULT_TRACKER) -> None:
+    """Revoke NAME's credential: its API calls and announces stop at once (other replicas: within
+    seconds), its tickets at the seeds' piece servers within --ticket-ttl."""
+    try:
+        _operator(tracker).revoke_node(name)
+    except HfbtError as e:
+        _fail(e)
+    typer.echo(f"revoked {name}")
+
+
+@node_app.command("list")
+def node_list(tracker: TrackerUrl = C.DEFAULT_TRACKER) -> None:
+    """Every node identity, live or revoked."""
+    try:
+        nodes = _operator(tracker).list_nodes()
+    except HfbtError as e:
+        _fail(e)
+    for n in nodes:
+        typer.echo(f"{n['name']}\t{'revoked' if n['revoked'] else 'live'}")
 
 
 @app.command()
@@ -137,7 +207,6 @@ def seed(
     origin: Annotated[str, option(C.OPT_SEED_ORIGIN)] = C.DEFAULT_ORIGIN,
     data_dir: Annotated[Path, option(C.OPT_DATA_DIR)] = C.SEED_DATA_DIR,
     token: Annotated[str | None, option(C.OPT_SEED_TOKEN)] = None,
-    auth_token: AuthToken = None,
     seed_id: Annotated[str | None, option(C.OPT_SEED_ID)] = None,
     bt_host: BtHost = C.SwarmConfig.listen_host,
     bt_port: BtPort = C.SEED_BT_PORT,
@@ -170,7 +239,7 @@ def seed(
         data_dir=data_dir,
         origin=origin,
         token=token,
-        auth_token=auth_token,
+        seed_token=_secret(C.SECRET_SEED_TOKEN),
         seed_id=seed_id,
         swarm=swarm,
         parallel_files=parallel_files,
@@ -194,7 +263,6 @@ def agent(
     bt_port: BtPort = C.AGENT_BT_PORT,
     shim_port: Annotated[int, option(C.OPT_SHIM_PORT)] = C.SHIM_PORT,
     origin: Annotated[str, option(C.OPT_SHIM_ORIGIN)] = C.DEFAULT_ORIGIN,
-    auth_token: AuthToken = None,
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
     fallback_origin: FallbackOrigin = None,
@@ -220,7 +288,7 @@ def agent(
         tracker,
         cache_dir,
         state_dir,
-        auth_token=auth_token,
+        node_token=_secret(C.SECRET_NODE_TOKEN),
         node_name=node_name,
         swarm=swarm,
         stall_timeout=stall_timeout,
@@ -239,7 +307,6 @@ def pull(
     cache_dir: CacheDir = None,
     state_dir: StateDir = None,
     tracker: TrackerUrl = C.DEFAULT_TRACKER,
-    auth_token: AuthToken = None,
     agent: Annotated[str, option(C.OPT_PULL_AGENT)] = C.AGENT_AUTO,
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
@@ -260,7 +327,7 @@ def pull(
         tracker,
         cache_dir,
         state_dir,
-        auth_token=auth_token,
+        node_token=_secret(C.SECRET_NODE_TOKEN),
         node_name=node_name,
         swarm=C.SwarmConfig(listen_port=bt_port),
         stall_timeout=stall_timeout,
@@ -293,10 +360,10 @@ def serve_dir(
     port: Annotated[int, option(C.OPT_ORIGIN_PORT)] = C.ORIGIN_PORT,
     max_mbit: Annotated[float, option(C.OPT_ORIGIN_MAX_MBIT)] = C.ServeDirConfig.max_mbit,
     ref: Annotated[list[str] | None, option(C.OPT_REF)] = None,
-    token: Annotated[str | None, option(C.OPT_ORIGIN_TOKEN)] = None,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
-    """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos)."""
+    """Serve a folder as a Hugging Face Hub-compatible repo (an origin for the seed, tests and demos).
+    HFBT_ORIGIN_TOKEN (env or _FILE) serves every repo as private."""
     _setup_logs(log_level)
     from hfbt.hub.servedir import serve
 
@@ -309,7 +376,7 @@ def serve_dir(
         host=host,
         port=port,
         max_mbit=max_mbit,
-        token=token,
+        token=_secret(C.SECRET_ORIGIN_TOKEN),
         refs=tuple(ref or ()),
     )
     serve(cfg)
@@ -337,7 +404,6 @@ def prefetch(
     tracker: TrackerUrl = C.DEFAULT_TRACKER,
     cache_dir: CacheDir = None,
     state_dir: StateDir = None,
-    auth_token: AuthToken = None,
     agent: AgentOpt = C.AGENT_AUTO,
     node_name: NodeName = None,
     stall_timeout: StallTimeout = C.STALL_TIMEOUT_S,
@@ -361,7 +427,7 @@ def prefetch(
             spec.tracker or tracker,
             cache_dir,
             state_dir,
-            auth_token=auth_token,
+            node_token=_secret(C.SECRET_NODE_TOKEN),
             node_name=node_name,
             swarm=C.SwarmConfig(listen_port=0),
             stall_timeout=stall_timeout,
@@ -415,7 +481,6 @@ def gc(
 def status(
     tracker: TrackerUrl = C.DEFAULT_TRACKER,
     agent: AgentOpt = C.AGENT_AUTO,
-    auth_token: AuthToken = None,
     as_json: Annotated[bool, option(C.OPT_JSON)] = False,
 ) -> None:
     """What this node's agent holds (repos, revisions, rates, peers) and what the tracker sees.
@@ -427,7 +492,7 @@ def status(
     from hfbt.status import collect, render
 
     agent_url, _ = C.agent_choice(agent)
-    report = collect(agent_url, None if tracker == "none" else tracker, auth_token)
+    report = collect(agent_url, None if tracker == "none" else tracker, _secret(C.SECRET_OPERATOR_TOKEN))
     if as_json:
         typer.echo(json.dumps(report, indent=1))
     else:

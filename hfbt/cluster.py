@@ -8,6 +8,7 @@ processes the same way. Every process gets free ports, its own folder and a log 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from hfbt.config import SECRET_NODE_TOKEN, SECRET_OPERATOR_TOKEN, SECRET_SEED_TOKEN
 from hfbt.errors import HfbtError
+from hfbt.operator import OperatorClient
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -60,7 +63,10 @@ class LocalCluster:
         self.procs: list[Proc] = []
         self.origin_url = ""
         self.tracker_url = ""
-        self.auth_token: str | None = None
+        # A closed tracker's role credentials (None: open). They reach the children by environment only:
+        # argv is readable by every user of the machine.
+        self.operator_token: str | None = None
+        self.seed_token: str | None = None
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -103,12 +109,10 @@ class LocalCluster:
             args += ["--repo", repo, "--repo-type", repo_type]
         proc = self.spawn("origin", *args, env=env)
         self.origin_url = f"http://127.0.0.1:{port}"
-        self._wait_http(proc, f"{self.origin_url}/_hfbt/stats")
+        self._wait_http(proc, f"{self.origin_url}/_hfbt/health")
         return self.origin_url
 
-    def start_tracker(
-        self, auth_token: str | None = None, ref_ttl: float = 0.0, extra: tuple[str, ...] = ()
-    ) -> str:
+    def start_tracker(self, closed: bool = False, ref_ttl: float = 0.0, extra: tuple[str, ...] = ()) -> str:
         port = free_port()
         args = [
             "tracker",
@@ -119,13 +123,14 @@ class LocalCluster:
             "--ref-ttl",
             str(ref_ttl),
         ]
-        if auth_token:
-            args += ["--auth-token", auth_token]
         if self.origin_url:
             args += ["--origin", self.origin_url]
-        proc = self.spawn("tracker", *args, *extra)
+        env = {}
+        if closed:
+            self.operator_token, self.seed_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            env = {SECRET_OPERATOR_TOKEN.env: self.operator_token, SECRET_SEED_TOKEN.env: self.seed_token}
+        proc = self.spawn("tracker", *args, *extra, env=env)
         self.tracker_url = f"http://127.0.0.1:{port}"
-        self.auth_token = auth_token
         self._wait_http(proc, f"{self.tracker_url}/healthz")
         return self.tracker_url
 
@@ -142,10 +147,10 @@ class LocalCluster:
             "--bt-host", "127.0.0.1",
             "--piece-port", str(free_port()),
             "--piece-host", "127.0.0.1",
-            *self._auth(),
             *extra,
         ]  # fmt: skip
-        proc = self.spawn(name, *args, env=env)
+        seed_env = {SECRET_SEED_TOKEN.env: self.seed_token} if self.seed_token else {}
+        proc = self.spawn(name, *args, env={**seed_env, **(env or {})})
         self._wait_log(proc, "event=seed_registered")
         return proc
 
@@ -165,18 +170,25 @@ class LocalCluster:
             "--node-name", name,
             "--shim-port", str(shim_port),
             "--origin", self.origin_url or "http://127.0.0.1:9",
-            *self._auth(),
             *extra,
         ]  # fmt: skip
-        proc = self.spawn(name, *args)
+        proc = self.spawn(name, *args, env=self.node_env(name))
         url = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{url}/v1/health")
         shim_url = f"http://127.0.0.1:{shim_port}"
         self._wait_http(proc, f"{shim_url}/_hfbt/health")
         return Agent(name, url, cache_dir, state_dir, proc, shim_url)
 
-    def _auth(self) -> list[str]:
-        return ["--auth-token", self.auth_token] if self.auth_token else []
+    def node_env(self, name: str) -> dict[str, str]:
+        """The environment a node called `name` runs with: on a closed tracker, a fresh identity."""
+        if not self.operator_token:
+            return {}
+        client = OperatorClient(self.tracker_url, self.operator_token)
+        try:
+            client.revoke_node(name)  # a restarted node of the same name gets a new credential
+        except HfbtError:
+            pass
+        return {SECRET_NODE_TOKEN.env: client.add_node(name)}
 
     def stop(self, timeout: float = 10.0) -> None:
         for p in self.procs:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt.errors import HfbtError
+from hfbt.wire import node_token_name
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,64 @@ QUIET_LOG_LEVEL = "warning"
 
 OPT_LOG_LEVEL = Setting("--log-level", "HFBT_LOG_LEVEL", "debug, info, warning.")
 OPT_HOST = Setting("--host", "HFBT_HOST", "Address the HTTP API binds to.")
-OPT_AUTH_TOKEN = Setting(
-    "--auth-token", "HFBT_AUTH_TOKEN", "Cluster token protecting the tracker API and announces."
-)
 OPT_TRACKER = Setting("--tracker", "HFBT_TRACKER", "Tracker base URL.")
 OPT_REPO_TYPE = Setting("--repo-type", None, "model or dataset.")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A credential: read from its environment variable only, never a flag (argv is world-readable
+    in /proc and ends up in shell history, `ps` and crash reports)."""
+
+    env: str
+    help: str
+
+
+SECRET_OPERATOR_TOKEN = Secret(
+    "HFBT_OPERATOR_TOKEN",
+    "Operator credential: node identities, jobs and listings. Set on the tracker (with "
+    "HFBT_SEED_TOKEN it closes the tracker) and for `hfbt tracker node ...` and `hfbt status`.",
+)
+SECRET_SEED_TOKEN = Secret(
+    "HFBT_SEED_TOKEN", "Seed credential: registers revisions and torrents. Set on the tracker and the seeds."
+)
+SECRET_NODE_TOKEN = Secret(
+    "HFBT_NODE_TOKEN",
+    "This node's credential, from `hfbt tracker node add NAME`; it names the node. Agent, pull, prefetch.",
+)
+SECRET_ORIGIN_TOKEN = Secret(
+    "HFBT_ORIGIN_TOKEN", "serve-dir: serve the repos as private, readable only with this Bearer token."
+)
+
+
+def read_secret(secret: Secret) -> str | None:
+    """The credential from `ENV`, else from the file `ENV_FILE` names (Docker/Kubernetes secrets, systemd
+    LoadCredential=). A world-readable file is refused: the credential would be everyone's. (Group bits
+    are allowed: Kubernetes hands a non-root pod its secret volume through fsGroup.)"""
+    value = os.environ.get(secret.env)
+    if value:
+        return value
+    path = os.environ.get(secret.env + "_FILE")
+    if not path:
+        return None
+    try:
+        world = os.stat(path).st_mode & 0o007
+    except OSError as e:
+        raise HfbtError("BadSecret", f"cannot read {secret.env}_FILE {path}: {e.strerror}") from None
+    if world:
+        raise HfbtError(
+            "InsecureSecret", f"{path} ({secret.env}_FILE) is readable by other users: chmod 600 it"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as e:
+        raise HfbtError("BadSecret", f"cannot read {secret.env}_FILE {path}: {e.strerror}") from None
+    if not value:
+        # An empty file is a provisioning mistake, not "unset": a tracker would start open.
+        raise HfbtError("BadSecret", f"{path} ({secret.env}_FILE) is empty")
+    return value
+
 
 # One variable, worded for each command that reads it: the same value (the Hub, the user's Hub token,
 # the node's agent) seen from different roles. Any other variable belongs to exactly one Setting.
@@ -135,6 +189,20 @@ OPT_TRACKER_ORIGIN = Setting(
 OPT_REF_TTL = Setting("--ref-ttl", "HFBT_REF_TTL", "Seconds a resolved branch/tag stays fresh.")
 OPT_ANNOUNCE_INTERVAL = Setting("--announce-interval", "HFBT_ANNOUNCE_INTERVAL", "Seconds between announces.")
 OPT_HANDOUT = Setting("--handout", "HFBT_HANDOUT", "Peer handout policy: random-mix or seed-fanout.")
+OPT_TICKET_KEY = Setting(
+    "--ticket-key",
+    "HFBT_TICKET_KEY",
+    "Ed25519 key file signing tickets, created mode 0600 if absent (default: beside --db).",
+)
+OPT_TICKET_TTL = Setting(
+    "--ticket-ttl", "HFBT_TICKET_TTL", "Seconds a node's ticket for one torrent is valid (nodes renew it)."
+)
+OPT_TRUST_ANNOUNCE_IP = Setting(
+    "--trust-announce-ip/--no-trust-announce-ip",
+    "HFBT_TRUST_ANNOUNCE_IP",
+    "Hand out the address an announce names in ip= instead of the one it came from (nodes behind NAT).",
+)
+TICKET_TTL_S = 600.0
 
 
 @dataclass
@@ -144,7 +212,13 @@ class TrackerConfig:
     port: int = TRACKER_PORT
     # Where users' Hub tokens are checked: the tracker's own setting, never what a seed reports.
     origin: str = DEFAULT_ORIGIN
-    auth_token: str | None = None
+    # Both set: closed (every call needs a role's credential, announces a ticket). Neither: open, for
+    # one machine. One without the other is refused at start.
+    operator_token: str | None = field(default=None, repr=False)
+    seed_token: str | None = field(default=None, repr=False)
+    ticket_key: Path | None = None  # None: beside db
+    ticket_ttl: float = TICKET_TTL_S
+    trust_announce_ip: bool = False
     public_url: str | None = None  # base URL written into .torrent files; default: the URL the caller used
     ref_ttl: float = REF_TTL_S
     announce_interval: int = ANNOUNCE_INTERVAL_S
@@ -160,9 +234,6 @@ OPT_ORIGIN_MAX_MBIT = Setting(
 )
 OPT_REF = Setting(
     "--ref", None, "Another branch/tag/PR name for the current commit, e.g. refs/pr/1 (repeatable)."
-)
-OPT_ORIGIN_TOKEN = Setting(
-    "--token", "HFBT_ORIGIN_TOKEN", "Serve the repos as private: readable only with this Bearer token."
 )
 
 
@@ -225,7 +296,7 @@ class SeedConfig:
     data_dir: Path
     origin: str = DEFAULT_ORIGIN
     token: str | None = field(default=None, repr=False)
-    auth_token: str | None = field(default=None, repr=False)
+    seed_token: str | None = field(default=None, repr=False)
     seed_id: str | None = None
     swarm: SwarmConfig = field(default_factory=lambda: SwarmConfig(listen_port=SEED_BT_PORT))
     # One file at a time: shard 1 is published sooner, and nodes start on it sooner (bench/README.md).
@@ -307,7 +378,7 @@ class NodeConfig:
     tracker: str
     cache_dir: Path
     state_dir: Path
-    auth_token: str | None = field(default=None, repr=False)
+    node_token: str | None = field(default=None, repr=False)
     node_name: str = "anonymous"
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     stall_timeout: float = STALL_TIMEOUT_S  # a pull with no progress for this long fails (0 = never)
@@ -321,21 +392,22 @@ def node_config(
     cache_dir: Path | None = None,
     state_dir: Path | None = None,
     *,
-    auth_token: str | None = None,
+    node_token: str | None = None,
     node_name: str | None = None,
     swarm: SwarmConfig | None = None,
     stall_timeout: float = STALL_TIMEOUT_S,
     fallback_origin: str | None = None,
 ) -> NodeConfig:
     """NodeConfig from command-line values, None meaning the default: the HF cache, the state dir
-    beside it, the hostname. Paths are made absolute: an agent and a pull must agree on them."""
+    beside it, the node's name from its token (else the hostname). Paths are made absolute: an agent
+    and a pull must agree on them."""
     cache = (cache_dir or default_hf_cache()).expanduser().resolve()
     return NodeConfig(
         tracker=tracker,
         cache_dir=cache,
         state_dir=(state_dir or default_state_dir(cache)).expanduser().resolve(),
-        auth_token=auth_token,
-        node_name=node_name or socket.gethostname(),
+        node_token=node_token,
+        node_name=node_name or node_token_name(node_token) or socket.gethostname(),
         swarm=swarm if swarm is not None else SwarmConfig(),
         stall_timeout=stall_timeout,
         fallback_origin=fallback_origin,

@@ -51,7 +51,9 @@ def _run(console: Console, work: Path, size_mb: int, nodes: int) -> None:
         console.print(
             f"origin   {cluster.start_origin(work / 'origin')}  (hfbt serve-dir, counts bytes served)"
         )
-        console.print(f"tracker  {cluster.start_tracker(ref_ttl=30)}")
+        console.print(
+            f"tracker  {cluster.start_tracker(closed=True, ref_ttl=30)}  (closed: each node its own identity)"
+        )
         cluster.start_seed()
         console.print("seed     registered")
         agents = [cluster.start_agent(f"node{i + 1}") for i in range(nodes)]

@@ -35,3 +35,17 @@ def seed_hands_out(size: int) -> bool:
     """Whether the seed hands out this blob's pieces one by one: it serves exactly the blobs the
     nodes ask its piece server for, and super-seeds exactly these."""
     return size >= HANDOUT_MIN_PIECES * PIECE_LENGTH
+
+
+# A node's credential, issued by `hfbt tracker node add NAME`: `hfbtn_<name>.<secret>`. The prefix
+# lets secret scanners find one in a leaked log; the name lets a node know who it is without asking.
+NODE_TOKEN_PREFIX = "hfbtn_"
+NODE_NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def node_token_name(token: str | None) -> str | None:
+    """The node name a node token was issued to (None: not a node token)."""
+    if not token or not token.startswith(NODE_TOKEN_PREFIX):
+        return None
+    name, sep, secret = token[len(NODE_TOKEN_PREFIX) :].rpartition(".")
+    return name if sep and name and secret else None

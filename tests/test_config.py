@@ -25,6 +25,10 @@ def declared() -> list[C.Setting]:
     return [v for v in vars(C).values() if isinstance(v, C.Setting)]
 
 
+def secrets() -> list[C.Secret]:
+    return [v for v in vars(C).values() if isinstance(v, C.Secret)]
+
+
 def cli_options() -> list[tuple[str, Any]]:
     return [
         (name, p) for name, cmd in CLI.commands.items() for p in cmd.params if p.param_type_name == "option"
@@ -77,8 +81,44 @@ def test_every_variable_in_help_is_declared_and_in_the_readme() -> None:
         shown.update(re.findall(r"env var: ([A-Z][A-Z0-9_]*)", text))
     # The help scan sees every variable the options read (so a wrapped line hides none).
     assert {p.envvar for _, p in cli_options() if p.envvar} <= shown
-    assert shown - {s.env for s in declared()} == set(), "not declared in hfbt/config.py"
+    shown |= {s.env for s in secrets()}
+    assert shown - {s.env for s in declared()} - {s.env for s in secrets()} == set(), "not declared"
     assert shown - readme_table_vars() == set(), "missing from README.md's configuration table"
+
+
+def test_no_credential_is_a_flag() -> None:
+    """Credentials come from the environment (or a *_FILE): a flag would put them in argv."""
+    for command, p in cli_options():
+        assert not (p.envvar or "").startswith("HFBT_") or not p.envvar.endswith("_TOKEN"), (command, p.opts)
+    assert {s.env for s in secrets()} == {
+        "HFBT_OPERATOR_TOKEN",
+        "HFBT_SEED_TOKEN",
+        "HFBT_NODE_TOKEN",
+        "HFBT_ORIGIN_TOKEN",
+    }
+
+
+def test_a_secret_comes_from_its_variable_or_a_private_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = C.SECRET_NODE_TOKEN
+    monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.delenv(s.env + "_FILE", raising=False)
+    assert C.read_secret(s) is None
+    f = tmp_path / "token"
+    f.write_text("hfbtn_a.b\n")
+    f.chmod(0o600)
+    monkeypatch.setenv(s.env + "_FILE", str(f))
+    assert C.read_secret(s) == "hfbtn_a.b"
+    f.chmod(0o644)
+    with pytest.raises(HfbtError, match="chmod 600"):
+        C.read_secret(s)
+    monkeypatch.setenv(s.env + "_FILE", str(tmp_path / "missing"))
+    with pytest.raises(HfbtError, match="cannot read"):
+        C.read_secret(s)
+    monkeypatch.setenv(s.env, "from-env")
+    assert C.read_secret(s) == "from-env"
+    assert C.node_config(node_token="hfbtn_gpu-3.secret").node_name == "gpu-3"
 
 
 def test_a_variable_means_one_thing_unless_deliberately_shared() -> None:

@@ -61,7 +61,8 @@ def test_three_nodes_pull_at_once_origin_serves_each_file_once(deployment: Deplo
     for path, data in originals.items():
         assert served.get(f"model/{MODEL}/{path}", 0) == len(data), path
     # One mirror job for the three simultaneous requests.
-    jobs = httpx.get(f"{deployment.cluster.tracker_url}/api/v1/jobs").json()["jobs"]
+    with deployment.operator() as op:
+        jobs = op.get("/api/v1/jobs").json()["jobs"]
     assert len([j for j in jobs if j["repo_id"] == MODEL]) == 1
 
 

@@ -1,5 +1,6 @@
-"""Standard torrents: a stock BitTorrent client (aria2c) downloads a blob from our swarm, and the
-cluster token guards the registry API and the announce URL."""
+"""Standard torrents: a stock BitTorrent client (aria2c) downloads a blob from a closed tracker's swarm
+with nothing but the .torrent a node got (its announce URL carries that node's ticket), and a node's
+own credential guards the API and pulls."""
 
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ import pytest
 from hfbt.cluster import LocalCluster, free_port
 from tests.conftest import MODEL, files_of, make_origin, pull_cmd, run_hfbt
 
-TOKEN = "cluster-secret-123"
-
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[tuple[LocalCluster, Path]]:
     root = make_origin(tmp_path / "origin")
     with LocalCluster(tmp_path / "run") as cluster:
         cluster.start_origin(root)
-        cluster.start_tracker(auth_token=TOKEN, ref_ttl=300)
+        cluster.start_tracker(closed=True, ref_ttl=300)
         cluster.start_seed()
         yield cluster, root
 
@@ -45,13 +44,14 @@ def complete_manifest(cluster: LocalCluster, headers: dict) -> dict:
 )
 def test_aria2c_downloads_a_blob_from_the_swarm(secured, tmp_path: Path) -> None:
     cluster, root = secured
-    auth = {"Authorization": f"Bearer {TOKEN}", "X-HFBT-Node": "aria2-box"}
+    token = cluster.node_env("aria2-box")["HFBT_NODE_TOKEN"]
+    auth = {"Authorization": f"Bearer {token}"}
     manifest = complete_manifest(cluster, auth)
     shard = next(f for f in manifest["files"] if f["path"].endswith("00001-of-00002.safetensors"))
     r = httpx.get(f"{cluster.tracker_url}/api/v1/torrents/{shard['info_hash']}.torrent", headers=auth)
     assert r.status_code == 200
-    assert b"/announce/aria2-box." in r.content  # the caller's own passkey, not the cluster token
-    assert TOKEN.encode() not in r.content
+    assert f"{cluster.tracker_url}/announce/".encode() in r.content  # a ticket, never a credential
+    assert token.encode() not in r.content and token.rpartition(".")[2].encode() not in r.content
     torrent = tmp_path / "shard.torrent"
     torrent.write_bytes(r.content)
     out = tmp_path / "aria2"
@@ -70,7 +70,7 @@ def test_aria2c_downloads_a_blob_from_the_swarm(secured, tmp_path: Path) -> None
     assert got == files_of(root / "models" / MODEL)[shard["path"]]
 
 
-def test_cluster_token_guards_api_announce_and_pull(secured, tmp_path: Path) -> None:
+def test_node_credential_guards_api_announce_and_pull(secured, tmp_path: Path) -> None:
     cluster, root = secured
     r = httpx.get(f"{cluster.tracker_url}/api/v1/manifest", params={"repo_type": "model", "repo_id": MODEL})
     assert r.status_code == 401 and r.json()["error"] == "Unauthorized"
@@ -85,10 +85,12 @@ def test_cluster_token_guards_api_announce_and_pull(secured, tmp_path: Path) -> 
     assert forged.status_code >= 400 and b"failure reason" in forged.content
     cache = tmp_path / "cache"
     args = pull_cmd(cluster.tracker_url, cache)
-    denied = run_hfbt(*args)
+    denied = run_hfbt(*args, env={"HFBT_NODE_TOKEN": ""})
     assert denied.returncode == 1 and "Traceback" not in denied.stderr and "nauthorized" in denied.stderr
-    ok = run_hfbt(*args, env={"HFBT_AUTH_TOKEN": TOKEN})
+    token = cluster.node_env("puller")["HFBT_NODE_TOKEN"]
+    ok = run_hfbt(*args, env={"HFBT_NODE_TOKEN": token})
     assert ok.returncode == 0, ok.stderr
     assert files_of(Path(ok.stdout.strip().splitlines()[-1])) == files_of(root / "models" / MODEL)
     logs = "".join(p.log_text() for p in cluster.procs)
-    assert TOKEN not in logs
+    for secret in (token, cluster.operator_token, cluster.seed_token):
+        assert secret and secret not in logs

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -22,91 +19,12 @@ import libtorrent as lt
 import pytest
 from fastbencode import bdecode, bencode
 
-from hfbt.cluster import free_port
 from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH
-from tracker.auth import passkey_for
+from tests.conftest import Tracker
 
 COMMIT = "c0ffee" + "0" * 34
 COMMIT2 = "beef" + "1" * 36
-TOKEN = "cluster-secret"
-_SERVE = (
-    "import json, sys; from tracker.server import serve; from hfbt.config import TrackerConfig;"
-    "serve(TrackerConfig(**json.loads(sys.argv[1])))"
-)
-
-
-@dataclass
-class Tracker:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    token: str | None
-
-    def client(self, auth: bool = True, **kw: object) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
-
-    def aclient(self) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        limits = httpx.Limits(max_connections=100)
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30, limits=limits)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def start_tracker(tmp_path: Path) -> Iterator[Callable[..., Tracker]]:
-    started: list[Tracker] = []
-
-    def start(db: Path | None = None, **cfg: object) -> Tracker:
-        port = free_port()
-        db = db or tmp_path / "tracker.db"
-        conf = {"db": str(db), "host": "127.0.0.1", "port": port, **cfg}
-        log = tmp_path / f"tracker-{port}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _SERVE, json.dumps(conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        t = Tracker(f"http://127.0.0.1:{port}", proc, log, cfg.get("auth_token"))  # type: ignore[arg-type]
-        started.append(t)
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tracker exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{t.url}/healthz", timeout=1).json() == {"ok": True}:
-                    return t
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"tracker did not come up:\n{log.read_text()}")
-            time.sleep(0.05)
-
-    try:
-        yield start
-    finally:
-        for t in started:
-            t.stop()
-        for t in started:
-            text = t.log.read_text(errors="replace")
-            assert "Traceback" not in text, text
-            if t.token:
-                assert TOKEN not in text
-                assert passkey_for(TOKEN, "node-7") not in text
-
-
 # -- helpers -----------------------------------------------------------------------------------------
 
 
@@ -290,16 +208,18 @@ def test_job_failure_reaches_every_waiter(start_tracker: Callable[..., Tracker])
 # -- registry, torrents, auth ------------------------------------------------------------------------
 
 
-def test_revision_and_torrent_registration_with_token(start_tracker: Callable[..., Tracker]) -> None:
-    t = start_tracker(auth_token=TOKEN)
+def test_closed_tracker_registration_torrents_and_tickets(start_tracker: Callable[..., Tracker]) -> None:
+    t = start_tracker(closed=True)
     files = blobs()
-    with t.client(auth=False) as anon:
+    with t.client(None) as anon:
         r = anon.get("/api/v1/jobs")
         assert r.status_code == 401 and r.json()["error"] == "Unauthorized"
         r = anon.get("/api/v1/jobs", headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         assert anon.get("/healthz").json() == {"ok": True}
-    with t.client() as c:
+    node7 = t.add_node("node-7")
+    assert node7.startswith("hfbtn_node-7.")
+    with t.client("seed") as c:
         stored = register(c, files)
         assert not stored["complete"] and {f["info_hash"] for f in stored["files"]} == {None}
         # Torrents that do not describe the entry are refused with the reason.
@@ -320,6 +240,14 @@ def test_revision_and_torrent_registration_with_token(start_tracker: Callable[..
         for b in files[:2]:
             ti = lt.torrent_info(make_torrent(b.data, b.etag))
             assert hashes[b.path] == str(ti.info_hashes().v1)
+        # The same blob in another repo is deduplicated at registration.
+        again = register(c, files[:1], repo_id="other/copy", commit=COMMIT2)
+        assert again["files"][0]["info_hash"] == hashes["model.safetensors"] and again["complete"]
+        # A seed reads no manifests and torrents: that is the nodes' credential.
+        r = c.get("/api/v1/manifest", params={"repo_id": "acme/tiny", "revision": COMMIT, "wait": 0})
+        assert r.status_code == 403 and r.json()["error"] == "Forbidden"
+
+    with t.client(node7) as c:
         r = c.get("/api/v1/manifest", params={"repo_id": "acme/tiny", "revision": COMMIT, "wait": 0})
         assert r.status_code == 200 and r.json()["status"] == "complete"
         assert {f["path"]: f["info_hash"] for f in r.json()["manifest"]["files"]} == {
@@ -328,7 +256,24 @@ def test_revision_and_torrent_registration_with_token(start_tracker: Callable[..
         }
         r = c.get("/api/v1/manifest", params={"repo_id": "acme/tiny", "revision": "main", "wait": 0})
         assert r.status_code == 200 and r.json()["manifest"]["commit"] == COMMIT
-        revs = c.get("/api/v1/revisions", params={"repo_type": "model", "repo_id": "acme/tiny"}).json()
+        ih = hashes["model.safetensors"]
+        r = c.get(f"/api/v1/torrents/{ih}.torrent")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-bittorrent"
+        meta = bdecode(r.content)
+        announce = meta[b"announce"].decode()
+        assert announce.startswith(f"{t.url}/announce/")
+        ticket = announce.rsplit("/", 1)[1]
+        assert hashlib.sha1(bencode(meta[b"info"])).hexdigest() == ih
+        assert str(lt.torrent_info(r.content).info_hashes().v1) == ih
+        assert c.get(f"/api/v1/torrents/{'0' * 40}.torrent").status_code == 404
+        assert c.get("/api/v1/torrents/zzz.torrent").json()["error"] == "NotFound"
+        other_ticket = c.get(f"/api/v1/tickets/{hashes['config.json']}").json()["ticket"]
+        # Nodes register nothing and list nothing.
+        assert c.post("/api/v1/revisions", json={"manifest": manifest_dict(files)}).status_code == 403
+        assert c.get("/api/v1/swarms").status_code == 403
+
+    with t.client("operator") as op:
+        revs = op.get("/api/v1/revisions", params={"repo_type": "model", "repo_id": "acme/tiny"}).json()
         assert revs["revisions"] == [
             {
                 "repo_type": "model",
@@ -338,37 +283,27 @@ def test_revision_and_torrent_registration_with_token(start_tracker: Callable[..
                 "refs": ["main"],
             }
         ]
-        # The same blob in another repo is deduplicated at registration.
-        again = register(c, files[:1], repo_id="other/copy", commit=COMMIT2)
-        assert again["files"][0]["info_hash"] == hashes["model.safetensors"] and again["complete"]
 
-        ih = hashes["model.safetensors"]
-        r = c.get(f"/api/v1/torrents/{ih}.torrent", headers={"X-HFBT-Node": "node-7"})
-        assert r.status_code == 200 and r.headers["content-type"] == "application/x-bittorrent"
-        meta = bdecode(r.content)
-        assert meta[b"announce"] == f"{t.url}/announce/{passkey_for(TOKEN, 'node-7')}".encode()
-        assert hashlib.sha1(bencode(meta[b"info"])).hexdigest() == ih
-        assert str(lt.torrent_info(r.content).info_hashes().v1) == ih
-        assert c.get(f"/api/v1/torrents/{'0' * 40}.torrent").status_code == 404
-        assert c.get("/api/v1/torrents/zzz.torrent").json()["error"] == "NotFound"
-
-    with t.client(auth=False) as anon:
+    with t.client(None) as anon:
         assert anon.get(f"/api/v1/torrents/{ih}.torrent").status_code == 401
         q = announce_query(bytes.fromhex(ih), b"-XX0001-" + b"a" * 12, 6881, 0)
-        r = anon.get(f"/announce/{passkey_for(TOKEN, 'node-7')}?{q}")
+        r = anon.get(f"/announce/{ticket}?{q}")
         assert r.status_code == 200, r.content
         assert bdecode(r.content)[b"complete"] == 1
-        for path in (
-            "/announce",
-            f"/announce/node-7.{'0' * 32}",
-            f"/announce/{passkey_for('other', 'node-7')}",
+        forged = ticket[:-4] + ("AAAA" if not ticket.endswith("AAAA") else "BBBB")
+        for path, why in (
+            ("/announce", b"no ticket"),
+            (f"/announce/{forged}", b"ticket signature does not verify"),
+            (f"/announce/{other_ticket}", b"ticket is for another torrent"),
+            ("/announce/junk", b"malformed ticket"),
         ):
             r = anon.get(f"{path}?{q}")
-            assert r.status_code == 403 and bdecode(r.content) == {b"failure reason": b"invalid passkey"}
-        r = anon.get(
-            f"/scrape/{passkey_for(TOKEN, 'n2')}?info_hash={quote_from_bytes(bytes.fromhex(ih), safe='')}"
-        )
+            assert r.status_code == 403 and bdecode(r.content) == {b"failure reason": why}, (path, r.content)
+        qs = f"info_hash={quote_from_bytes(bytes.fromhex(ih), safe='')}"
+        r = anon.get(f"/scrape/{ticket}?{qs}")
         assert bdecode(r.content)[b"files"][bytes.fromhex(ih)][b"complete"] == 1
+        assert anon.get(f"/scrape/{other_ticket}?{qs}").status_code == 403
+        assert anon.get(f"/scrape/{ticket}").status_code == 400  # no full scrape: it lists every swarm
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/x"])

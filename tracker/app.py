@@ -12,27 +12,35 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from hfbt.config import TrackerConfig
 from hfbt.manifest import Manifest, check_repo_id, check_repo_type, check_revision, is_commit
 from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
+from hfbt.tickets import TicketError, TicketSigner, load_or_create_key
 from hfbt.torrents import TorrentError
-from hfbt.wire import ROLE_PIECES, with_role
+from hfbt.wire import ROLE_PIECES, ROLE_SEED, with_role
 from tracker import announce as bt
-from tracker.access import AccessChecker, require_any_hub_access, require_hub_access
-from tracker.auth import DEFAULT_NODE, Auth, valid_node_name
+from tracker.access import AccessChecker, probe_path, require_any_hub_access, require_hub_access
+from tracker.auth import NODE, OPERATOR, SEED, Auth, Caller, new_node_token, valid_node_name
 from tracker.errors import ApiError, install_error_handlers
+from tracker.gate import AuthGate, roles
 from tracker.handout import POLICIES, Policy, keep_roles_apart
+from tracker.limits import DEFAULT_MAX_BYTES, TRACKER_BODY_LIMITS, BodyLimit
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
 from tracker.peers import Peer, PeerStore
 from tracker.pieceservers import PieceServers, seed_piece_url
@@ -43,14 +51,36 @@ from tracker.torrentfile import torrent_file
 log = logging.getLogger("tracker.app")
 
 HOUSEKEEPING_S = 5.0
-_INFO_HASH_FILE = re.compile(r"^([0-9a-fA-F]{40})\.torrent$")
 BENCODE_TYPE = "text/plain"
 _SEED_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
+# Each route names the roles it serves (tracker/gate.py has checked the credential before the body).
+AsNode = Annotated[Caller, Depends(roles(NODE))]
+AsReader = Annotated[Caller, Depends(roles(NODE, OPERATOR))]
+AsSeed = Annotated[Caller, Depends(roles(SEED))]
+AsSeedOrOperator = Annotated[Caller, Depends(roles(SEED, OPERATOR))]
+AsOperator = Annotated[Caller, Depends(roles(OPERATOR))]
+
+
 class SeedIn(BaseModel):
     seed_id: str = Field(pattern=_SEED_ID)
-    origin: str | None = Field(default=None, max_length=2048)
+    # Informational only (GET /seeds): access checks use the tracker's own --origin.
+    origin: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+
+    @field_validator("origin", "piece_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError as e:
+                raise ValueError(f"not a URL: {e}") from None
+            if not parts.hostname:
+                raise ValueError("not a URL: no host")
+        return value
+
     # The seed's piece server (hfbt/seed/pieces.py): a full URL, or a port on the address it calls from.
     piece_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
     piece_port: int | None = Field(default=None, ge=1, le=65535)
@@ -68,6 +98,10 @@ class TorrentIn(BaseModel):
     commit: str
     path: str
     torrent: str
+
+
+class NodeIn(BaseModel):
+    name: str = Field(max_length=64)
 
 
 class ResultIn(BaseModel):
@@ -94,8 +128,16 @@ class TrackerState:
     min_interval: int
 
 
+def ticket_key_path(cfg: TrackerConfig) -> Path:
+    db = Path(cfg.db)
+    return Path(cfg.ticket_key) if cfg.ticket_key else db.with_name(db.name + ".ticket-key")
+
+
 def create_app(cfg: TrackerConfig) -> FastAPI:
+    closed = bool(cfg.operator_token or cfg.seed_token)
     registry = Registry(cfg.db)
+    signer = TicketSigner(load_or_create_key(ticket_key_path(cfg))) if closed else None
+    auth = Auth(cfg.operator_token, cfg.seed_token, registry.node_hash, signer, cfg.ticket_ttl)
     peers = PeerStore(ttl=2 * cfg.announce_interval)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
     interval = max(1, int(cfg.announce_interval))
@@ -105,7 +147,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         peers=peers,
         piece_servers=PieceServers(),
         scheduler=scheduler,
-        auth=Auth(cfg.auth_token),
+        auth=auth,
         access=AccessChecker(cfg.origin),
         handout=POLICIES[cfg.handout],
         metrics=TrackerMetrics(peers, registry, JOB_STATES, scheduler.seed_timeout),
@@ -131,8 +173,17 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
 
     app.include_router(_bittorrent_routes(state))
     app.include_router(_api_routes(state))
+    app.add_middleware(BodyLimit, max_bytes=DEFAULT_MAX_BYTES, per_path=TRACKER_BODY_LIMITS)
+    app.add_middleware(AuthGate, auth=state.auth, on_denied=_denied(state))
     app.add_middleware(RequestLog, observe=state.metrics.observe_request)
     return app
+
+
+def _denied(state: TrackerState) -> Callable[[str], None]:
+    def count(reason: str) -> None:
+        state.metrics.denied.labels(reason).inc()
+
+    return count
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
@@ -155,12 +206,19 @@ def _lifespan(state: TrackerState) -> Callable[[FastAPI], AbstractAsyncContextMa
         task = asyncio.create_task(_housekeeping(state))
         cfg = state.cfg
         log.info("event=tracker_started db=%s auth=%s ref_ttl=%s", cfg.db, state.auth.enabled, cfg.ref_ttl)
+        if not state.auth.enabled:
+            log.warning(
+                "event=auth_off detail=%r",
+                "open tracker: anyone who reaches it may register revisions and announce; set"
+                " HFBT_OPERATOR_TOKEN and HFBT_SEED_TOKEN to close it",
+            )
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await state.access.aclose()
             state.registry.close()
 
     return lifespan
@@ -176,26 +234,38 @@ def _bfail(reason: str, status: int = 400) -> Response:
 def _bittorrent_routes(state: TrackerState) -> APIRouter:
     router = APIRouter()
     peers, registry = state.peers, state.registry
+    denied = _denied(state)
 
     @router.get("/announce")
-    @router.get("/announce/{passkey}")
-    async def announce(request: Request, passkey: str | None = None) -> Response:
-        if not state.auth.announce_allowed(passkey):
-            return _bfail("invalid passkey", 403)
+    @router.get("/announce/{ticket}")
+    async def announce(request: Request, ticket: str | None = None) -> Response:
         client = request.client.host if request.client else ""
         try:
-            a = bt.parse_announce(request.scope.get("query_string", b""), client)
+            a = bt.parse_announce(
+                request.scope.get("query_string", b""), client, trust_ip=state.cfg.trust_announce_ip
+            )
         except bt.AnnounceError as e:
             return _bfail(str(e))
+        try:
+            grant = state.auth.check_ticket(ticket, a.info_hash.hex())
+        except TicketError as e:
+            denied("ticket")
+            return _bfail(str(e), 403)
         if not registry.has_torrent(a.info_hash):
             return _bfail("unregistered torrent")
+        node = grant.node if grant else ""
+        if grant and a.role == ROLE_SEED and grant.role != SEED:
+            denied("role")
+            return _bfail("only a seed's ticket announces as the seed", 403)
         now = time.time()
         if a.event == "stopped":
-            peers.remove(a.info_hash, a.peer_id)
+            peers.remove(a.info_hash, a.peer_id, node)
             chosen: list[Peer] = []
         else:
-            me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role)
-            peers.upsert(a.info_hash, me, completed=a.event == "completed")
+            me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role, node)
+            if not peers.upsert(a.info_hash, me, completed=a.event == "completed"):
+                denied("peer_id")
+                return _bfail("this peer_id is another node's", 403)
             chosen = state.handout(me, keep_roles_apart(me, peers.peers_for(a.info_hash, now)), a.numwant)
         body = bt.announce_response(
             chosen,
@@ -208,16 +278,21 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
         return Response(body, media_type=BENCODE_TYPE)
 
     @router.get("/scrape")
-    @router.get("/scrape/{passkey}")
-    async def scrape(request: Request, passkey: str | None = None) -> Response:
-        if not state.auth.announce_allowed(passkey):
-            return _bfail("invalid passkey", 403)
+    @router.get("/scrape/{ticket}")
+    async def scrape(request: Request, ticket: str | None = None) -> Response:
         try:
             hashes = bt.parse_scrape(request.scope.get("query_string", b""))
         except bt.AnnounceError as e:
             return _bfail(str(e))
         if not hashes:
-            hashes = peers.info_hashes()
+            # A full scrape would list every swarm, private ones too: operators read /api/v1/swarms.
+            return _bfail("scrape needs info_hash: this tracker does not list its swarms")
+        try:
+            for h in hashes:
+                state.auth.check_ticket(ticket, h.hex())
+        except TicketError as e:
+            denied("ticket")
+            return _bfail(str(e), 403)
         now = time.time()
         files = {h: peers.counts(h, now) for h in hashes if registry.has_torrent(h)}
         return Response(bt.scrape_response(files), media_type=BENCODE_TYPE)
@@ -228,28 +303,37 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
 # -- /api/v1 -------------------------------------------------------------------------------------
 
 
-def _announce_url(state: TrackerState, request: Request, x_hfbt_node: str | None) -> str:
-    """The announce URL (with its passkey) of the node named in X-HFBT-Node."""
-    node = x_hfbt_node or DEFAULT_NODE
-    if not valid_node_name(node):
-        raise ApiError(422, "BadRequest", "invalid X-HFBT-Node: letters, digits, '.', '_', '-' (max 64)")
+def _announce_url(state: TrackerState, request: Request, ticket: str | None) -> str:
+    """The announce URL carrying this ticket (an open tracker's: none)."""
     base = (state.cfg.public_url or str(request.base_url)).rstrip("/")
-    return base + state.auth.announce_path(node)
+    return f"{base}/announce/{ticket}" if ticket else f"{base}/announce"
 
 
 def _api_routes(state: TrackerState) -> APIRouter:
-    registry, scheduler = state.registry, state.scheduler
+    registry, scheduler, auth = state.registry, state.scheduler, state.auth
+    denied = _denied(state)
+    api = APIRouter(prefix="/api/v1")
 
-    async def require_token(authorization: str | None = Header(default=None)) -> None:
-        if not state.auth.api_allowed(authorization):
-            raise ApiError(
-                401, "Unauthorized", "missing or wrong cluster token (Authorization: Bearer <token>)"
-            )
+    async def torrent_access(info_hash: str, hf_token: str | None) -> None:
+        """A blob only private repos hold: any one of them the Hub token can read will do."""
+        holders = await run_in_threadpool(registry.revisions_of_torrent, info_hash)
+        if holders and all(private for *_, private in holders):
+            files = sorted({(t, r, c, path) for t, r, c, path, _ in holders})
+            try:
+                await require_any_hub_access(state.access, files, hf_token)
+            except ApiError:
+                denied("hub")
+                raise
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+    def info_hash_of(name: str, suffix: str = "") -> str:
+        m = re.match(rf"^([0-9a-fA-F]{{40}}){re.escape(suffix)}$", name)
+        if not m:
+            raise ApiError(404, "NotFound", f"expected a 40-hex info_hash{suffix}")
+        return m.group(1).lower()
 
     @api.get("/manifest")
     async def manifest(
+        caller: AsReader,
         repo_type: str = Query(default="model"),
         repo_id: str = Query(),
         revision: str = Query(default="main"),
@@ -261,10 +345,20 @@ def _api_routes(state: TrackerState) -> APIRouter:
         except MirrorFailed as e:
             raise ApiError(e.status, e.code, e.detail) from None
         if found.manifest is not None:
-            if found.manifest.private:
-                await require_hub_access(state.access, repo_type, repo_id, x_hf_token)
-            return JSONResponse({"status": found.status, "manifest": found.manifest.to_dict()})
-        assert found.job is not None
+            m = found.manifest
+            if m.private:
+                try:
+                    await require_hub_access(
+                        state.access, repo_type, repo_id, m.commit, probe_path(m.files), x_hf_token
+                    )
+                except ApiError:
+                    denied("hub")
+                    raise
+            # A 40k-file manifest takes ~0.2 s to render: not on the loop every announce waits on.
+            body = await run_in_threadpool(_manifest_json, found.status, m)
+            return Response(body, media_type="application/json")
+        if found.job is None:
+            raise ApiError(503, "OriginError", "no mirror job for this revision; retry")
         return JSONResponse(
             {
                 "status": "pending",
@@ -275,24 +369,19 @@ def _api_routes(state: TrackerState) -> APIRouter:
 
     @api.get("/torrents/{name}")
     async def get_torrent(
+        caller: AsNode,
         request: Request,
         name: str,
-        x_hfbt_node: str | None = Header(default=None),
         x_hf_token: str | None = Header(default=None),
         pieces: bool = Query(default=False),
     ) -> Response:
-        m = _INFO_HASH_FILE.match(name)
-        if not m:
-            raise ApiError(404, "NotFound", "expected /api/v1/torrents/<40-hex info_hash>.torrent")
-        announce = _announce_url(state, request, x_hfbt_node)
-        info_hash = m.group(1).lower()
-        info = registry.get_torrent_info(info_hash)
+        info_hash = info_hash_of(name, ".torrent")
+        info = await run_in_threadpool(registry.get_torrent_info, info_hash)
         if info is None:
             raise ApiError(404, "NotFound", f"no torrent with info_hash {info_hash}")
-        holders = registry.revisions_of_torrent(info_hash)
-        if holders and all(private for *_, private in holders):
-            # A blob only private repos hold: any one of them the token can read will do.
-            await require_any_hub_access(state.access, sorted({(t, r) for t, r, _, _ in holders}), x_hf_token)
+        await torrent_access(info_hash, x_hf_token)
+        ticket, _ = auth.mint(caller, info_hash)
+        announce = _announce_url(state, request, ticket)
         urls: list[str] = []
         if pieces:
             # A node that takes the seeds' pieces over HTTP must not also get the seeds as BT peers
@@ -302,13 +391,31 @@ def _api_routes(state: TrackerState) -> APIRouter:
                 announce = with_role(announce, ROLE_PIECES)
         return Response(torrent_file(announce, info, urls), media_type="application/x-bittorrent")
 
+    @api.get("/tickets/{name}")
+    async def get_ticket(
+        caller: AsNode, request: Request, name: str, x_hf_token: str | None = Header(default=None)
+    ) -> dict:
+        """A fresh ticket for a torrent the node holds: Hub access is checked again, every renewal."""
+        info_hash = info_hash_of(name)
+        if not await run_in_threadpool(registry.has_torrent, bytes.fromhex(info_hash)):
+            raise ApiError(404, "NotFound", f"no torrent with info_hash {info_hash}")
+        await torrent_access(info_hash, x_hf_token)
+        ticket, expires = auth.mint(caller, info_hash)
+        return {"ticket": ticket, "announce": _announce_url(state, request, ticket), "expires": expires}
+
     @api.get("/announce-url")
-    async def announce_url(request: Request, x_hfbt_node: str | None = Header(default=None)) -> dict:
-        """The caller's announce URL, for seeds that add torrents they made themselves."""
-        return {"announce": _announce_url(state, request, x_hfbt_node)}
+    async def announce_url(caller: AsSeed, request: Request) -> dict:
+        """The seed's announce URL: its ticket covers every torrent (it registered them)."""
+        ticket, expires = auth.mint(caller, "*")
+        return {"announce": _announce_url(state, request, ticket), "ticket": ticket, "expires": expires}
+
+    @api.get("/ticket-key")
+    async def ticket_key(caller: AsSeedOrOperator) -> dict:
+        """What seeds check tickets with (null: an open tracker, no tickets)."""
+        return {"public_key": auth.public_key}
 
     @api.post("/torrents")
-    async def post_torrent(body: TorrentIn) -> dict:
+    def post_torrent(caller: AsSeed, body: TorrentIn) -> dict:
         check_repo_type(body.repo_type)
         check_repo_id(body.repo_id)
         if not is_commit(body.commit):
@@ -330,14 +437,16 @@ def _api_routes(state: TrackerState) -> APIRouter:
         return {"info_hash": info_hash}
 
     @api.post("/seeds")
-    async def post_seed(request: Request, body: SeedIn) -> dict:
+    def post_seed(caller: AsSeed, request: Request, body: SeedIn) -> dict:
         scheduler.heartbeat(body.seed_id, body.origin)
         client_host = request.client.host if request.client else None
         state.piece_servers.set(body.seed_id, seed_piece_url(body.piece_url, body.piece_port, client_host))
         return {"ok": True}
 
     @api.post("/seeds/{seed_id}/next-job")
-    async def next_job(request: Request, seed_id: str, wait: float = Query(default=25.0)) -> Response:
+    async def next_job(
+        caller: AsSeed, request: Request, seed_id: str, wait: float = Query(default=25.0)
+    ) -> Response:
         if not re.match(_SEED_ID, seed_id):
             raise ApiError(422, "BadRequest", "invalid seed_id")
         job = await scheduler.next_job(seed_id, wait, request.is_disconnected)
@@ -348,7 +457,9 @@ def _api_routes(state: TrackerState) -> APIRouter:
         )
 
     @api.post("/revisions")
-    async def post_revision(body: RevisionIn) -> dict:
+    def post_revision(caller: AsSeed, body: RevisionIn) -> dict:
+        # A plain def: FastAPI runs it in its threadpool, so a 40k-file manifest's SQLite work does not
+        # stall the event loop (and every announce) meanwhile.
         manifest = Manifest.from_dict(body.manifest)
         if body.ref is not None:
             check_revision(body.ref)
@@ -358,12 +469,8 @@ def _api_routes(state: TrackerState) -> APIRouter:
             raise _refused(state, e) from None
         return {"manifest": stored.to_dict()}
 
-    @api.get("/revisions")
-    async def list_revisions(repo_type: str | None = None, repo_id: str | None = None) -> dict:
-        return {"revisions": registry.list_revisions(repo_type, repo_id)}
-
     @api.post("/jobs/{job_id}/result")
-    async def job_result(job_id: str, body: ResultIn) -> dict:
+    def job_result(caller: AsSeed, job_id: str, body: ResultIn) -> dict:
         if body.commit is not None and not is_commit(body.commit):
             raise ApiError(422, "BadRequest", "commit must be 40 lowercase hex characters")
         if not body.ok and body.error not in ("RepoNotFound", "RevisionNotFound", "OriginError"):
@@ -374,15 +481,48 @@ def _api_routes(state: TrackerState) -> APIRouter:
             raise ApiError(404, "NotFound", str(e)) from None
         return {"ok": True, "job": job.to_dict()}
 
+    # --- operators: node identities and listings ---
+
+    @api.post("/nodes", status_code=201)
+    def add_node(caller: AsOperator, body: NodeIn) -> dict:
+        if not valid_node_name(body.name):
+            raise ApiError(422, "BadRequest", "node names are letters, digits, '.', '_', '-' (max 64)")
+        if not auth.enabled:
+            raise ApiError(409, "Conflict", "an open tracker issues no node identities: close it first")
+        token, digest = new_node_token(body.name)
+        if not registry.add_node(body.name, digest):
+            raise ApiError(409, "Conflict", f"node {body.name} exists: revoke it first to issue a new token")
+        auth.forget(body.name)
+        log.info("event=node_added node=%s", body.name)
+        return {"name": body.name, "token": token}
+
+    @api.delete("/nodes/{name}")
+    def revoke_node(caller: AsOperator, name: str) -> dict:
+        if not valid_node_name(name) or not registry.revoke_node(name):
+            raise ApiError(404, "NotFound", f"no live node named {name[:64]!r}")
+        auth.forget(name)
+        log.info("event=node_revoked node=%s", name)
+        return {"ok": True}
+
+    @api.get("/nodes")
+    def list_nodes(caller: AsOperator) -> dict:
+        return {"nodes": registry.list_nodes()}
+
+    @api.get("/revisions")
+    def list_revisions(caller: AsOperator, repo_type: str | None = None, repo_id: str | None = None) -> dict:
+        return {"revisions": registry.list_revisions(repo_type, repo_id)}
+
     @api.get("/jobs")
-    async def list_jobs(state: str | None = None, limit: int = Query(default=200, ge=1, le=10000)) -> dict:
+    def list_jobs(
+        caller: AsOperator, state: str | None = None, limit: int = Query(default=200, ge=1, le=10000)
+    ) -> dict:
         # `state` is the query parameter (a job state), shadowing the TrackerState in here.
         if state is not None and state not in JOB_STATES:
             raise ApiError(422, "BadRequest", f"state must be one of {', '.join(JOB_STATES)}")
         return {"jobs": [j.to_dict() for j in registry.list_jobs(limit, state)]}
 
     @api.get("/seeds")
-    async def list_seeds() -> dict:
+    def list_seeds(caller: AsOperator) -> dict:
         cutoff = time.time() - scheduler.seed_timeout
         return {
             "seeds": [
@@ -397,7 +537,7 @@ def _api_routes(state: TrackerState) -> APIRouter:
         }
 
     @api.get("/swarms")
-    async def swarms() -> dict:
+    def swarms(caller: AsOperator) -> dict:
         now = time.time()
         out = []
         for h in state.peers.info_hashes():
@@ -413,6 +553,10 @@ def _api_routes(state: TrackerState) -> APIRouter:
         return {"swarms": out}
 
     return api
+
+
+def _manifest_json(status: str, manifest: Manifest) -> bytes:
+    return json.dumps({"status": status, "manifest": manifest.to_dict()}).encode()
 
 
 def _refused(state: TrackerState, e: Immutable) -> ApiError:

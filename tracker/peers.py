@@ -23,6 +23,9 @@ class Peer:
     # What kind of hfbt peer announced (one of hfbt.wire.ROLES, "" for stock clients): the seed and the
     # nodes that take its pieces over HTTP must not be handed to each other (handout.keep_roles_apart).
     role: str = ""
+    # Who announced it (the ticket's node; "" on an open tracker): only that node may change or remove
+    # this entry, so no node can evict or re-point another one's peers.
+    node: str = ""
 
     @property
     def seeder(self) -> bool:
@@ -49,26 +52,34 @@ class PeerStore:
         self._swarms: dict[bytes, dict[bytes, Peer]] = {}
         self._downloaded: dict[bytes, int] = {}
 
-    def upsert(self, info_hash: bytes, peer: Peer, completed: bool = False) -> None:
+    def upsert(self, info_hash: bytes, peer: Peer, completed: bool = False) -> bool:
+        """Add or refresh a peer; False (and no change) if its peer_id is another node's live entry."""
         with self._lock:
             swarm = self._swarms.setdefault(info_hash, {})
             old = swarm.get(peer.peer_id)
+            if old is not None and old.node != peer.node:
+                return False
             if old is None or old.addr != peer.addr:
                 # A restarted client announces with a new peer_id from the same ip:port; without this the
-                # dead entry would be handed out until it expires.
+                # dead entry would be handed out until it expires. Only the same node's entries go.
                 for pid in [
-                    p.peer_id for p in swarm.values() if p.addr == peer.addr and p.peer_id != peer.peer_id
+                    p.peer_id
+                    for p in swarm.values()
+                    if p.addr == peer.addr and p.peer_id != peer.peer_id and p.node == peer.node
                 ]:
                     del swarm[pid]
             swarm[peer.peer_id] = peer
             if completed:
                 self._downloaded[info_hash] = self._downloaded.get(info_hash, 0) + 1
+            return True
 
-    def remove(self, info_hash: bytes, peer_id: bytes) -> None:
+    def remove(self, info_hash: bytes, peer_id: bytes, node: str = "") -> None:
+        """event=stopped: drop the peer, if `node` is the one that announced it."""
         with self._lock:
             swarm = self._swarms.get(info_hash)
             if swarm is not None:
-                swarm.pop(peer_id, None)
+                if swarm.get(peer_id) is not None and swarm[peer_id].node == node:
+                    del swarm[peer_id]
                 if not swarm:
                     del self._swarms[info_hash]
 

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Immutable(ValueError):
 
 
 ACTIVE_STATES = ("queued", "running")
+MANIFEST_CACHE_ENTRIES = 500_000  # file entries of complete revisions kept in memory (~150 B each)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -67,6 +69,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_active ON jobs (repo_type, repo_id, revision)
     WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+-- Node identities (tracker/auth.py): only a hash of each node's secret, never the token itself.
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY, token_hash TEXT NOT NULL, created REAL NOT NULL, revoked REAL
+);
 """
 
 
@@ -135,6 +141,8 @@ class Registry:
         self._db.executescript(_SCHEMA)
         # Announces check registration on every request: keep the set in memory, it is small (40 B/torrent).
         self._known = {bytes.fromhex(h) for (h,) in self._db.execute("SELECT info_hash FROM torrents")}
+        self._complete_files: OrderedDict[tuple[str, str, str], tuple[FileEntry, ...]] = OrderedDict()
+        self._cached_entries = 0
 
     def close(self) -> None:
         with self._lock:
@@ -245,11 +253,20 @@ class Registry:
             ).fetchone()
             if rev is None:
                 return None
-            files = self._db.execute(
-                "SELECT path, size, etag, sha256, info_hash FROM files"
-                " WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY path",
-                key,
-            ).fetchall()
+            files = self._complete_files.get(key)
+            if files is None:
+                files = tuple(
+                    FileEntry(*row)
+                    for row in self._db.execute(
+                        "SELECT path, size, etag, sha256, info_hash FROM files"
+                        " WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY path",
+                        key,
+                    )
+                )
+                if rev[0]:
+                    self._remember_complete(key, files)
+            else:
+                self._complete_files.move_to_end(key)
             refs = self._db.execute(
                 "SELECT ref FROM refs WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY ref", key
             ).fetchall()
@@ -257,18 +274,27 @@ class Registry:
             repo_type=repo_type,
             repo_id=repo_id,
             commit=commit,
-            files=tuple(FileEntry(*row) for row in files),
+            files=files,
             refs=tuple(r for (r,) in refs),
             complete=bool(rev[0]),
             private=bool(rev[1]),
         )
 
-    def revisions_of_torrent(self, info_hash: str) -> list[tuple[str, str, str, bool]]:
-        """(repo_type, repo_id, commit, private) of every revision holding this blob torrent."""
+    def _remember_complete(self, key: tuple[str, str, str], files: tuple[FileEntry, ...]) -> None:
+        # A complete revision's files never change again (immutable, every torrent set): thousands of
+        # nodes asking for one 40k-file manifest then cost one SQLite read, not one each.
+        self._complete_files[key] = files
+        self._cached_entries += len(files)
+        while self._cached_entries > MANIFEST_CACHE_ENTRIES and len(self._complete_files) > 1:
+            _, dropped = self._complete_files.popitem(last=False)
+            self._cached_entries -= len(dropped)
+
+    def revisions_of_torrent(self, info_hash: str) -> list[tuple[str, str, str, str, bool]]:
+        """(repo_type, repo_id, commit, path, private) of every file of a revision holding this blob."""
         return [
-            (t, r, c, bool(p))
-            for t, r, c, p in self._all(
-                "SELECT DISTINCT f.repo_type, f.repo_id, f.commit_id, v.private FROM files f"
+            (t, r, c, path, bool(p))
+            for t, r, c, path, p in self._all(
+                "SELECT DISTINCT f.repo_type, f.repo_id, f.commit_id, f.path, v.private FROM files f"
                 " JOIN revisions v USING (repo_type, repo_id, commit_id) WHERE f.info_hash=?",
                 (info_hash,),
             )
@@ -526,6 +552,39 @@ class Registry:
                 [(now, r[0]) for r in rows],
             )
         return [_job(r) for r in rows]
+
+    # --- node identities ---
+
+    def add_node(self, name: str, token_hash: str, now: float | None = None) -> bool:
+        """Issue `name` (False: it is already live; revoke it first). A revoked name may be issued again."""
+        with self._tx() as db:
+            row = db.execute("SELECT revoked FROM nodes WHERE name=?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO nodes (name, token_hash, created, revoked) VALUES (?, ?, ?, NULL)",
+                (name, token_hash, time.time() if now is None else now),
+            )
+            return True
+
+    def revoke_node(self, name: str, now: float | None = None) -> bool:
+        """False: no live node of that name."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE nodes SET revoked=? WHERE name=? AND revoked IS NULL",
+                (time.time() if now is None else now, name),
+            )
+            return cur.rowcount == 1
+
+    def node_hash(self, name: str) -> str | None:
+        row = self._one("SELECT token_hash FROM nodes WHERE name=? AND revoked IS NULL", (name,))
+        return row[0] if row else None
+
+    def list_nodes(self) -> list[dict]:
+        return [
+            {"name": n, "created": c, "revoked": r}
+            for n, c, r in self._all("SELECT name, created, revoked FROM nodes ORDER BY name")
+        ]
 
     def running_seed_ids(self) -> list[str]:
         return [s for (s,) in self._all("SELECT DISTINCT seed_id FROM jobs WHERE state='running'") if s]

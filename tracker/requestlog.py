@@ -1,4 +1,4 @@
-"""One key=value log line per request, with passkeys redacted (uvicorn's access log would print them)."""
+"""One key=value log line per request, with tickets redacted (uvicorn's access log would print them)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tracker.auth import valid_node_name
-
 # The logger of the tracker's HTTP surface: request lines and route errors share one name to filter on.
 log = logging.getLogger("tracker.app")
 
@@ -18,11 +16,10 @@ Observer = Callable[[str, bytes, int, float], None]
 
 
 def redact_path(path: str) -> str:
-    """Announce/scrape paths carry passkeys: keep the node name, drop the rest."""
+    """Announce/scrape paths carry a ticket: a bearer grant until it expires, so it never reaches a log."""
     for prefix in ("/announce/", "/scrape/"):
         if path.startswith(prefix):
-            node, sep, _ = path[len(prefix) :].rpartition(".")
-            return prefix + (node + "." if sep and valid_node_name(node) else "") + "<redacted>"
+            return prefix + "<ticket>"
     return path
 
 
