@@ -88,8 +88,19 @@ def agent_registry(
 ) -> CollectorRegistry:
     """totals, torrents: the agent node's (hfbt.agent.node.Node), read at every scrape."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Scrape(lambda: swarm_families("hfbt_agent", totals(), torrents())))
+    reg.register(_Scrape(lambda: _agent_families(totals(), torrents())))
     return reg
+
+
+def _agent_families(totals: dict[str, int], torrents: Iterable) -> list[Metric]:
+    return [
+        *swarm_families("hfbt_agent", totals, torrents),
+        CounterMetricFamily(
+            "hfbt_agent_integrity_failures",
+            "Downloads whose bytes failed the final sha256/git-sha1 check (discarded, never published).",
+            value=totals.get("integrity_failures", 0),
+        ),
+    ]
 
 
 # --- seed ---------------------------------------------------------------------------------------
@@ -122,6 +133,11 @@ class SeedMetrics:
         )
         for how in ("next", "index"):
             self.piece_bytes.labels(how)
+        self.integrity_failures = Counter(
+            "hfbt_seed_integrity_failures",
+            "Blobs the origin sent whose bytes did not match its own sha256/git-sha1 (discarded).",
+            registry=self.registry,
+        )
         self.registry.register(_Scrape(lambda: swarm_families("hfbt_seed", swarm.totals(), swarm.statuses())))
 
     def piece_served(self, how: str, size: int) -> None:
@@ -137,6 +153,9 @@ class SeedMetrics:
     def blob_fetched(self, size: int) -> None:
         self.origin_bytes.inc(size)
         self.blobs_mirrored.inc()
+
+    def integrity_failed(self) -> None:
+        self.integrity_failures.inc()
 
 
 # --- tracker ------------------------------------------------------------------------------------
@@ -165,6 +184,12 @@ class TrackerMetrics:
             "hfbt_tracker_refused_registrations",
             "Registrations refused because they would change a registered commit or a file's torrent.",
             ["what"],
+            registry=self.registry,
+        )
+        self.denied = Counter(
+            "hfbt_tracker_denied",
+            "Requests refused for their credential, role, ticket or Hub access (reason: a fixed word).",
+            ["reason"],
             registry=self.registry,
         )
         self._peers = peers

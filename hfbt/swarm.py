@@ -149,6 +149,8 @@ class Swarm:
 
         file_name: the on-disk name of the torrent's single file, relative to save_path (a partial
         name while downloading). seeding: the file is complete and already verified (skip hashing).
+        trackers: announce with exactly these (an empty list: none yet), not the torrent's own
+        announce URL nor one in resume data, whose ticket may have expired; None: the torrent's own.
         """
         ti = lt.torrent_info(lt.bdecode(torrent))
         ih = str(ti.info_hashes().v1)
@@ -158,11 +160,12 @@ class Swarm:
             params = self._resume_params(ih) or lt.add_torrent_params()
             params.ti = ti
             params.save_path = str(save_path)
-            if trackers:
-                params.trackers = trackers
             if file_name and file_name != ti.name():
                 params.renamed_files = {0: file_name}
             flags = params.flags & ~lt.torrent_flags.paused & ~lt.torrent_flags.auto_managed
+            if trackers is not None:
+                params.trackers = trackers
+                flags |= lt.torrent_flags.override_trackers
             if seeding:
                 flags |= lt.torrent_flags.seed_mode
             params.flags = flags

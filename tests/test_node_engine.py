@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import fastbencode
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hfbt import cache
+from hfbt import cache, trackerclient
 from hfbt.agent import node as engine
 from hfbt.agent.node import Node
+from hfbt.agent.pieces import TicketHolder
 from hfbt.agent.protocol import PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
@@ -25,7 +28,9 @@ from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, is_lfs
 from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.swarm import SwarmError, TorrentStatus
-from hfbt.trackerclient import ManifestReply
+from hfbt.tickets import TicketSigner
+from hfbt.trackerclient import ManifestReply, TicketGrant, TrackerRefused
+from hfbt.wire import PIECE_URLS_KEY
 
 # A regression here tends to make a pull wait forever: fail it instead.
 pytestmark = pytest.mark.timeout(10)
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.timeout(10)
 REPO = "acme/tiny"
 COMMIT = "c0ffee" + "0" * 34
 ORIGIN = "http://origin.invalid"
+OPEN_ANNOUNCE = "http://tracker.invalid/announce"
 
 
 # --- a revision ---------------------------------------------------------------------------------
@@ -79,13 +85,21 @@ def pending(job: dict | None) -> ManifestReply:
 
 
 class FakeTracker:
-    """The tracker client: hands out the replies in order (the last one again and again)."""
+    """The tracker client: hands out the replies in order (the last one again and again). An open
+    tracker: its torrents announce to a plain URL, and a ticket is never needed."""
+
+    skew = 0.0
 
     def __init__(self, *replies: ManifestReply, blobs: tuple[Blob, ...] = ()) -> None:
         self.replies = list(replies)
         self.torrents = {b.entry.info_hash: b.torrent for b in blobs if b.entry.info_hash}
         self.asked: list[tuple[str, float]] = []  # (revision, wait) of each manifest call
         self.torrents_asked: list[str] = []
+        self.tickets_asked: list[tuple[str, str | None]] = []  # (info-hash, Hub token)
+
+    def ticket(self, info_hash: str, hf_token: str | None = None) -> TicketGrant:
+        self.tickets_asked.append((info_hash, hf_token))
+        return TicketGrant(None, OPEN_ANNOUNCE, None)
 
     def manifest(
         self, repo_type: str, repo_id: str, revision: str, wait: float = 20.0, hf_token: str | None = None
@@ -131,6 +145,9 @@ class FakeSwarm:
         self.removed: list[str] = []
         self.flushed: list[str] = []
         self.reannounced: list[str] = []
+        self.trackers: dict[str, list[str] | None] = {}  # what each torrent announces with now
+        self.joined_with: dict[str, list[str] | None] = {}  # ... and what it was added with
+        self.tracker_updates: list[tuple[str, list[str]]] = []
 
     def add(
         self,
@@ -145,6 +162,7 @@ class FakeSwarm:
         ih = hashlib.sha1(fastbencode.bencode(info)).hexdigest()
         self.added.append((ih, save_path, file_name, seeding))
         if ih not in self._torrents:
+            self.trackers[ih] = self.joined_with[ih] = None if trackers is None else list(trackers)
             name = file_name or info[b"name"].decode()
             if not seeding:
                 (save_path / name).touch()  # libtorrent creates the file as it starts writing
@@ -181,6 +199,11 @@ class FakeSwarm:
 
     def reannounce(self, ih: str) -> None:
         self.reannounced.append(ih)
+
+    def replace_trackers(self, ih: str, urls: list[str]) -> None:
+        self._get(ih)
+        self.trackers[ih] = list(urls)
+        self.tracker_updates.append((ih, list(urls)))
 
     def flush(self, ih: str, timeout: float = 60.0) -> None:
         self.flushed.append(ih)
@@ -312,6 +335,9 @@ def test_a_complete_pull_publishes_links_and_records_every_blob(
     )
     assert sorted(swarm.flushed) == sorted(b.entry.info_hash for b in (CONFIG, MODEL, VOCAB))
     assert tracker.asked == [("main", 20.0)]  # complete from the start: never asked again
+    # An open tracker: each torrent announces to its plain URL, and no ticket is ever renewed.
+    assert all(swarm.joined_with[ih] == [OPEN_ANNOUNCE] for ih, *_ in swarm.added)
+    assert tracker.tickets_asked == [] and swarm.tracker_updates == []
     total = sum(b.entry.size for b in blobs)
     assert events[-1] == {
         "event": "progress", "done": total, "total": total, "files_done": 4, "files_total": 4, "rate": 0
@@ -562,3 +588,273 @@ def test_filters_select_the_files_pulled(make_node: Callable[..., Node], cache_d
     assert_snapshot(snap, CONFIG, VOCAB)
     assert not (snap / "model.safetensors").exists()
     assert not (repo_dir(cache_dir) / "blobs" / MODEL.entry.etag).exists()
+
+
+# --- integrity: what a failed final check leaves behind ------------------------------------------
+
+
+def test_a_failed_final_check_is_loud_counted_and_told_to_streaming_readers(
+    make_node: Callable[..., Node], cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.node")
+    wrong_model = bytes(b ^ 0xFF for b in MODEL.data[:4096]) + MODEL.data[4096:]
+    wrong_config = CONFIG.data.upper()  # same size; a git-sha1 etag (not an LFS file)
+    for blob, wrong in ((MODEL, wrong_model), (CONFIG, wrong_config)):
+        tracker = FakeTracker(ready(manifest(blob)), blobs=(blob,))
+        node = make_node(tracker, FakeSwarm({blob.entry.info_hash: wrong}))
+        assert node.blob_verified(blob.entry.etag) is None  # never joined
+        with pytest.raises(HfbtError) as e:
+            node.pull(PullRequest(REPO))
+        assert e.value.code == "Integrity"
+        # What a reader that streamed the blob from the swarm asks afterwards (the shim).
+        assert node.blob_verified(blob.entry.etag, timeout=1) is False
+        assert node.blob_failure(blob.entry.etag) == e.value.message
+        assert node.totals()["integrity_failures"] == 1
+        assert not (repo_dir(cache_dir) / "blobs" / blob.entry.etag).exists()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"event=integrity_failure repo={REPO} path=model.safetensors info_hash={MODEL.entry.info_hash}"
+        f" expected_sha256={MODEL.entry.sha256} got={hashlib.sha256(wrong_model).hexdigest()} source=swarm",
+        f"event=integrity_failure repo={REPO} path=config.json info_hash={CONFIG.entry.info_hash}"
+        f" expected_sha256=none expected_git_sha1={CONFIG.entry.etag}"
+        f" got={git_blob_sha1_bytes(wrong_config)} source=swarm",
+    ]
+
+
+def test_a_verified_blob_is_told_to_streaming_readers_too(make_node: Callable[..., Node]) -> None:
+    tracker = FakeTracker(ready(manifest(MODEL)), blobs=(MODEL,))
+    node = make_node(tracker, FakeSwarm(payload(MODEL)))
+    node.pull(PullRequest(REPO))
+    assert node.blob_verified(MODEL.entry.etag) is True and node.blob_failure(MODEL.entry.etag) is None
+    assert node.totals()["integrity_failures"] == 0
+
+
+def test_bytes_from_the_origin_that_do_not_match_are_logged_as_such(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.node")
+    hub = FakeHub(replace(MODEL, data=MODEL.data[::-1]))
+    tracker = FakeTracker(ready(manifest(MODEL)), blobs=(MODEL,))
+    node = make_node(
+        tracker, FakeSwarm(payload(MODEL), polls=None), hub, stall_timeout=0.3, fallback_origin=ORIGIN
+    )
+    with pytest.raises(HfbtError):
+        node.pull(PullRequest(REPO))
+    assert "event=integrity_failure repo=acme/tiny path=model.safetensors" in caplog.text
+    assert "source=origin" in caplog.text and node.totals()["integrity_failures"] == 1
+
+
+# --- tickets: a closed tracker's, renewed while the node holds the torrent -------------------------
+
+BASE = "http://tracker.invalid"
+PIECE_SERVER = "http://seed.invalid:6883"
+
+
+class ClosedTracker(FakeTracker):
+    """A closed tracker: a torrent's announce URL carries a ticket for this node valid `ttl` seconds,
+    and ticket() renews it, or refuses (`refuse`), or fails (`fail`, raised in order first). Tickets
+    expire in whole seconds, so two minted within a second for one torrent are the same text."""
+
+    def __init__(self, *replies: ManifestReply, blobs: tuple[Blob, ...], ttl: float, pieces: bool = False):
+        super().__init__(*replies, blobs=blobs)
+        self.signer = TicketSigner(Ed25519PrivateKey.generate())
+        self.ttl = ttl
+        self.pieces = pieces  # list the seed's piece server in every torrent
+        self.minted: dict[str, list[str]] = {}  # info-hash -> its tickets, oldest first
+        self.refuse: TrackerRefused | None = None
+        self.fail: list[HfbtError] = []
+        self.lock = threading.Lock()
+
+    def _mint(self, ih: str) -> str:
+        text, _ = self.signer.mint("node1", ih, "node", self.ttl)
+        with self.lock:
+            self.minted.setdefault(ih, []).append(text)
+        return text
+
+    def torrent(self, info_hash: str, hf_token: str | None = None, pieces: bool = False) -> bytes:
+        self.torrents_asked.append(info_hash)
+        meta = fastbencode.bdecode(self.torrents[info_hash])
+        role = "?hfbt=pieces" if self.pieces else ""
+        meta[b"announce"] = f"{BASE}/announce/{self._mint(info_hash)}{role}".encode()
+        if self.pieces:
+            meta[PIECE_URLS_KEY] = [PIECE_SERVER.encode()]
+        return fastbencode.bencode(meta)
+
+    def ticket(self, info_hash: str, hf_token: str | None = None) -> TicketGrant:
+        with self.lock:
+            self.tickets_asked.append((info_hash, hf_token))
+            failure = self.fail.pop(0) if self.fail else self.refuse
+        if failure is not None:
+            raise failure
+        text = self._mint(info_hash)
+        return TicketGrant(text, f"{BASE}/announce/{text}", time.time() + self.ttl)
+
+    def tickets_count(self) -> int:
+        with self.lock:
+            return len(self.tickets_asked)
+
+
+GATED = TrackerRefused("GatedRepo", "your Hub token does not read acme/tiny", 403)
+
+
+@pytest.fixture
+def quick_renewals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tickets of a second or less: renewals may come closer together than in a real cluster."""
+    monkeypatch.setattr(trackerclient, "RENEW_MIN_S", 0.05)
+    monkeypatch.setattr(engine, "retry_in", lambda failures: 0.05)
+
+
+def wait_for(cond: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.usefixtures("quick_renewals")
+def test_every_torrents_ticket_is_renewed_with_the_pulls_hub_token_until_the_node_closes(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    tracker = ClosedTracker(ready(manifest(CONFIG, MODEL)), blobs=(CONFIG, MODEL), ttl=0.4)
+    swarm = FakeSwarm(payload(CONFIG, MODEL))
+    node = make_node(tracker, swarm)
+    node.pull(PullRequest(REPO, token="hf_user"))
+    ihs = {CONFIG.entry.info_hash, MODEL.entry.info_hash}
+    wait_for(lambda: all(len(tracker.minted[ih]) >= 4 for ih in ihs))  # the torrent's + 3 renewals
+    node.close()
+    assert not any(t.name == "ticket-renewals" for t in threading.enumerate())
+    asked = tracker.tickets_count()
+    time.sleep(0.3)
+    assert tracker.tickets_count() == asked  # closed: no renewal after
+    assert {t for _, t in tracker.tickets_asked} == {"hf_user"} and {
+        ih for ih, _ in tracker.tickets_asked
+    } == ihs
+    for ih in ihs:
+        first, *_, last = tracker.minted[ih]
+        assert swarm.trackers[ih] == [f"{BASE}/announce/{last}"]  # the latest ticket, no role
+        assert swarm.joined_with[ih] == [f"{BASE}/announce/{first}"]  # the torrent's own ticket
+    # One thread for every torrent; no ticket and no Hub token in any line.
+    minted = [t for tickets in tracker.minted.values() for t in tickets]
+    assert not [t for t in minted if t in caplog.text] and "hf_user" not in caplog.text
+
+
+@pytest.mark.usefixtures("quick_renewals")
+def test_a_torrent_taking_the_seeds_pieces_keeps_its_role_through_renewals(
+    make_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetchers: list[tuple[str, list[str], TicketHolder]] = []
+
+    class RecordingFetcher:
+        def __init__(self, swarm: object, ih: str, urls: list[str], holder: TicketHolder) -> None:
+            fetchers.append((ih, urls, holder))
+
+        def start(self) -> RecordingFetcher:
+            return self
+
+    monkeypatch.setattr(engine, "PieceFetcher", RecordingFetcher)
+    tracker = ClosedTracker(ready(manifest(MODEL)), blobs=(MODEL,), ttl=0.4, pieces=True)
+    swarm = FakeSwarm(payload(MODEL), polls=None)  # still downloading throughout
+    node = make_node(tracker, swarm, stall_timeout=0)
+    ih = MODEL.entry.info_hash
+    pull = node.fetch(PullRequest(REPO, timeout=3))
+    wait_for(lambda: len(tracker.minted.get(ih, [])) >= 2)
+    [(fetched_ih, urls, holder)] = fetchers
+    assert (fetched_ih, urls) == (ih, [PIECE_SERVER])
+    assert swarm.joined_with[ih] == [f"{BASE}/announce/{tracker.minted[ih][0]}?hfbt=pieces"]
+    wait_for(lambda: len(tracker.minted[ih]) >= 3)  # so the first renewal has been applied
+    # Renewed with its role: the tracker keeps handing it peers other than the seed.
+    assert (ih, [f"{BASE}/announce/{tracker.minted[ih][1]}?hfbt=pieces"]) in swarm.tracker_updates
+    # No piece server answered (the fetcher says so): plain BitTorrent, renewals included.
+    holder.without_pieces()
+    seen = len(tracker.minted[ih])
+    wait_for(lambda: len(tracker.minted[ih]) >= seen + 2)
+    node.close()  # joins the renewal thread: the last ticket minted is the one in use
+    last = tracker.minted[ih][-1]
+    assert holder.ticket == last  # what the fetcher shows the seed now
+    assert swarm.trackers[ih] == [f"{BASE}/announce/{last}"]
+    with pytest.raises(HfbtError):
+        pull.result(5)
+
+
+@pytest.mark.usefixtures("quick_renewals")
+def test_a_refused_renewal_ends_the_seeding_but_keeps_the_file(
+    make_node: Callable[..., Node], cache_dir: Path, store: PublishedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.node")
+    tracker = ClosedTracker(ready(manifest(MODEL)), blobs=(MODEL,), ttl=2)  # renewed after the pull
+    swarm = FakeSwarm(payload(MODEL))
+    node = make_node(tracker, swarm)
+    snap = node.pull(PullRequest(REPO, token="hf_user"))
+    tracker.refuse = GATED  # the user lost access to the repo meanwhile
+    ih = MODEL.entry.info_hash
+    wait_for(lambda: ih in swarm.removed)
+    time.sleep(0.3)
+    assert tracker.tickets_count() == 1  # refused once: never asked again
+    assert [r.getMessage() for r in caplog.records if "ticket_refused" in r.getMessage()] == [
+        f"event=ticket_refused info_hash={ih} reason=GatedRepo status=403"
+        " detail='your Hub token does not read acme/tiny' left_swarm=yes"
+    ]
+    assert not swarm.has(ih)
+    # Only the sharing ends: the pulled file, its snapshot link and its record stay.
+    assert (snap / "model.safetensors").read_bytes() == MODEL.data
+    assert store.get(MODEL.entry.etag) is not None
+
+
+@pytest.mark.usefixtures("quick_renewals")
+def test_a_refused_renewal_of_a_download_keeps_the_download(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.node")
+    tracker = ClosedTracker(ready(manifest(MODEL)), blobs=(MODEL,), ttl=0.4)
+    tracker.refuse = TrackerRefused("Unauthorized", "node node1 was revoked", 401)
+    swarm = FakeSwarm(payload(MODEL), polls=None)
+    node = make_node(tracker, swarm, stall_timeout=0)
+    with pytest.raises(HfbtError) as e:
+        node.pull(PullRequest(REPO, timeout=1))
+    assert e.value.code == "Timeout"
+    assert tracker.tickets_count() == 1 and swarm.has(MODEL.entry.info_hash) and swarm.removed == []
+    assert "reason=Unauthorized status=401 detail='node node1 was revoked' left_swarm=no" in caplog.text
+
+
+@pytest.mark.usefixtures("quick_renewals")
+def test_a_renewal_that_fails_is_tried_again(
+    make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.node")
+    tracker = ClosedTracker(ready(manifest(CONFIG)), blobs=(CONFIG,), ttl=0.4)
+    tracker.fail = [HfbtError("TrackerUnreachable", "cannot reach the tracker")] * 2
+    swarm = FakeSwarm(payload(CONFIG))
+    node = make_node(tracker, swarm)
+    node.pull(PullRequest(REPO))
+    ih = CONFIG.entry.info_hash
+    wait_for(lambda: len(tracker.minted[ih]) >= 2)  # the torrent's, then the first renewal's
+    node.close()
+    assert caplog.text.count("event=ticket_renewal_failed") == 2
+    assert "code=TrackerUnreachable" in caplog.text and "ticket_refused" not in caplog.text
+    assert swarm.has(ih) and swarm.trackers[ih] == [f"{BASE}/announce/{tracker.minted[ih][-1]}"]
+
+
+def test_a_restarted_node_reseeds_with_a_fresh_announce_url_not_the_stored_one(
+    make_node: Callable[..., Node], cache_dir: Path, store: PublishedStore
+) -> None:
+    blob = cache.blob_path(repo_dir(cache_dir), MODEL.entry.etag)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(MODEL.data)
+    stale = fastbencode.bdecode(MODEL.torrent)
+    stale[b"announce"] = f"{BASE}/announce/expired-long-ago".encode()
+    store.put(
+        PublishedBlob(MODEL.entry.etag, MODEL.entry.info_hash, MODEL.entry.size, str(blob)),
+        fastbencode.bencode(stale),
+    )
+    tracker = FakeTracker(ready(manifest(MODEL)), blobs=(MODEL,))  # open: tickets are null
+    swarm = FakeSwarm({})
+    node = make_node(tracker, swarm)
+
+    assert node.reseed() == 1
+
+    ih = MODEL.entry.info_hash
+    assert swarm.added == [(ih, blob.parent, None, True)]
+    wait_for(lambda: swarm.trackers[ih] == [OPEN_ANNOUNCE])
+    assert tracker.tickets_asked == [(ih, None)]  # no Hub token survives a restart
+    assert swarm.tracker_updates == [(ih, [OPEN_ANNOUNCE])]

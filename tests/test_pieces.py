@@ -8,24 +8,29 @@ pieces by index).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from huggingface_hub import hf_hub_download
 
-from hfbt.agent.pieces import piece_urls
+from hfbt.agent.pieces import PieceFetcher, TicketHolder, piece_urls
 from hfbt.cluster import LocalCluster, free_port
 from hfbt.manifest import PIECE_LENGTH
 from hfbt.seed.pieces import PieceBook, serve
 from hfbt.synth import make_model_repo
+from hfbt.tickets import ANY_TORRENT, TICKET_HEADER, TicketSigner
 from hfbt.wire import PIECE_HEADER, seed_hands_out
-from tests.conftest import files_of, pull_cmd, run_hfbt
+from tests.conftest import Clock, files_of, pull_cmd, run_hfbt
 from tests.test_status_metrics import scrape
 from tracker.announce import AnnounceError, parse_announce
 from tracker.handout import keep_roles_apart
@@ -81,16 +86,25 @@ def test_book_starts_a_new_round_for_nodes_that_come_much_later(blob: Path) -> N
     assert [book.take_next(IH) for _ in range(4)] == [0, 1, 2, None]
 
 
-def test_piece_server_over_http(blob: Path) -> None:
+def _serving(blob: Path, signer: TicketSigner | None, clock: Clock) -> tuple[str, list[tuple[str, int]]]:
+    """A real piece server (uvicorn on 127.0.0.1) for `blob` as IH, checking tickets with `signer`'s
+    key (None: an open tracker); returns its base URL and what it counted as served."""
     book = PieceBook()
     book.add(IH, blob, blob.stat().st_size)
+    book.tickets.trust(signer.public_key if signer else None, clock=clock)
     port = free_port()
     served: list[tuple[str, int]] = []
-    serve(book, "127.0.0.1", port, auth_token="s3cret", on_served=lambda how, n: served.append((how, n)))
-    base = f"http://127.0.0.1:{port}/v1/pieces"
-    ok = {"Authorization": "Bearer s3cret"}
-    assert httpx.post(f"{base}/{IH}/next").status_code == 401
-    assert httpx.post(f"{base}/{IH}/next", headers={"Authorization": "Bearer nope"}).status_code == 401
+    serve(book, "127.0.0.1", port, on_served=lambda how, n: served.append((how, n)))
+    return f"http://127.0.0.1:{port}/v1/pieces", served
+
+
+def _ticket(signer: TicketSigner, info_hash: str = IH, ttl: float = 60, role: str = "node") -> dict[str, str]:
+    return {TICKET_HEADER: signer.mint("node1", info_hash, role, ttl)[0]}
+
+
+def test_piece_server_over_http(blob: Path, signer: TicketSigner, clock: Clock) -> None:
+    base, served = _serving(blob, signer, clock)
+    ok = _ticket(signer)
     data = blob.read_bytes()
     for expected in range(3):
         r = httpx.post(f"{base}/{IH}/next", headers=ok)
@@ -103,8 +117,135 @@ def test_piece_server_over_http(blob: Path) -> None:
     assert served == [("next", PIECE_LENGTH)] * 2 + [("next", 1000), ("index", PIECE_LENGTH)]
     r = httpx.get(f"{base}/{IH}/7", headers=ok)
     assert r.status_code == 416 and "out of range" in r.json()["error"]
-    r = httpx.post(f"{base}/{'cd' * 20}/next", headers=ok)
+    other = "cd" * 20
+    r = httpx.post(f"{base}/{other}/next", headers=_ticket(signer, other))
     assert r.status_code == 404 and r.headers["X-Error-Code"] == "NotFound"
+    # A seed's ticket covers every torrent (seeds fetching from seeds is no leak).
+    assert httpx.get(f"{base}/{IH}/0", headers=_ticket(signer, ANY_TORRENT, role="seed")).status_code == 200
+
+
+def test_piece_server_refuses_a_missing_forged_expired_or_foreign_ticket(
+    blob: Path, signer: TicketSigner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hfbt.seed.pieces")
+    base, served = _serving(blob, signer, clock)
+    stranger = TicketSigner(Ed25519PrivateKey.generate(), clock)  # another tracker's key
+    good = _ticket(signer, ttl=60)
+    expiring = _ticket(signer, ttl=5)
+    valid_text = good[TICKET_HEADER]
+    payload, _, sig = valid_text.partition(".")
+    cases: list[tuple[dict[str, str], int, str, str]] = [
+        ({}, 401, "Unauthorized", "no ticket"),
+        ({"Authorization": "Bearer s3cret"}, 401, "Unauthorized", "no ticket"),  # the old cluster token
+        ({TICKET_HEADER: ""}, 401, "Unauthorized", "no ticket"),
+        (_ticket(stranger), 403, "Forbidden", "signature"),
+        ({TICKET_HEADER: f"{payload}.{sig[::-1]}"}, 403, "Forbidden", ""),
+        ({TICKET_HEADER: "x" * 10_000}, 403, "Forbidden", "malformed"),
+        ({TICKET_HEADER: "not-a-ticket"}, 403, "Forbidden", "malformed"),
+        (_ticket(signer, "cd" * 20), 403, "Forbidden", "another torrent"),
+    ]
+    clock.now += 10  # `expiring` is past its life now, `good` is not
+    cases.append((expiring, 403, "Forbidden", "expired"))
+    for headers, status, code, reason in cases:
+        for method, path in (("POST", f"{base}/{IH}/next"), ("GET", f"{base}/{IH}/0")):
+            r = httpx.request(method, path, headers=headers)
+            assert (r.status_code, r.headers["X-Error-Code"]) == (status, code), (method, headers, r.text)
+            assert reason in r.json()["error"]
+            assert PIECE_HEADER not in r.headers
+    assert served == []  # not one byte went out
+    # The ticket's reason reaches the node only; no ticket reaches the seed's log.
+    assert "ticket is for another torrent" in caplog.text
+    assert valid_text not in caplog.text and expiring[TICKET_HEADER] not in caplog.text
+    # The good ticket still works: refusals change nothing in the hand-out.
+    r = httpx.post(f"{base}/{IH}/next", headers=good)
+    assert r.status_code == 200 and r.headers[PIECE_HEADER] == "0"
+
+
+def test_piece_server_serves_nobody_until_it_knows_the_trackers_key(blob: Path) -> None:
+    book = PieceBook()
+    book.add(IH, blob, blob.stat().st_size)
+    port = free_port()
+    serve(book, "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/v1/pieces/{IH}/0"
+    r = httpx.get(url)
+    assert (r.status_code, r.headers["X-Error-Code"]) == (503, "Unavailable")
+    book.tickets.trust(None)  # an open tracker: no ticket needed
+    assert httpx.get(url).content == blob.read_bytes()[:PIECE_LENGTH]
+
+
+class _TakerSwarm:
+    """What a PieceFetcher needs of a swarm: pieces handed in by add_piece, nobody else around."""
+
+    def __init__(self, pieces: int, on_piece=lambda piece: None) -> None:
+        self.pieces = pieces
+        self.got: dict[int, bytes] = {}
+        self.on_piece = on_piece
+        self.trackers: list[list[str]] = []
+
+    def wait_finished(self, ih: str, timeout: float | None = None) -> bool:
+        return len(self.got) == self.pieces
+
+    def status(self, ih: str) -> SimpleNamespace:
+        return SimpleNamespace(peers=0, done=sum(len(d) for d in self.got.values()))
+
+    def availability(self, ih: str) -> list[int]:
+        return [0] * self.pieces
+
+    def pieces_without_source(self, ih: str) -> list[int]:
+        return [p for p in range(self.pieces) if p not in self.got]
+
+    def add_piece(self, ih: str, piece: int, data: bytes) -> None:
+        self.got[piece] = data
+        self.on_piece(piece)
+
+    def replace_trackers(self, ih: str, urls: list[str]) -> None:
+        self.trackers.append(urls)
+
+
+def _wait_for(cond, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_renewed_ticket_reaches_a_fetcher_already_running(
+    blob: Path, signer: TicketSigner, clock: Clock
+) -> None:
+    base, _served = _serving(blob, signer, clock)
+    announce = "http://tracker.test/announce"
+    first = signer.mint("node1", IH, "node", ttl=60)[0]
+    holder = TicketHolder(f"{announce}/{first}", first, pieces=True)
+
+    def renew_after_first_piece(piece: int) -> None:
+        if piece == 0:
+            clock.now += 120  # the first ticket has expired: only the renewed one gets more pieces
+            fresh = signer.mint("node1", IH, "node", ttl=60)[0]
+            assert holder.renewed(f"{announce}/{fresh}", fresh) == [f"{announce}/{fresh}?hfbt=pieces"]
+
+    swarm = _TakerSwarm(3, renew_after_first_piece)
+    fetcher = PieceFetcher(swarm, IH, [base.removesuffix("/v1/pieces")], holder).start()  # type: ignore[arg-type]
+    _wait_for(lambda: len(swarm.got) == 3)
+    data = blob.read_bytes()
+    assert b"".join(swarm.got[p] for p in range(3)) == data
+    assert fetcher.fetched == 3 and swarm.trackers == []  # never refused, so never fell back to BT
+
+
+def test_a_refused_ticket_sends_the_node_to_the_bt_seed_without_its_piece_role(
+    blob: Path, signer: TicketSigner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfbt.pieces")
+    base, served = _serving(blob, signer, clock)
+    announce = "http://tracker.test/announce"
+    wrong = signer.mint("node1", "cd" * 20, "node", ttl=60)[0]  # a ticket for another torrent
+    holder = TicketHolder(f"{announce}/{wrong}", wrong, pieces=True)
+    swarm = _TakerSwarm(3)
+    PieceFetcher(swarm, IH, [base.removesuffix("/v1/pieces")], holder).start()  # type: ignore[arg-type]
+    _wait_for(lambda: swarm.trackers)
+    assert swarm.trackers == [[f"{announce}/{wrong}"]] and not holder.pieces  # renewals stay plain too
+    assert served == [] and swarm.got == {}
+    assert "why='HTTP 403: ticket is for another torrent'" in caplog.text
+    assert wrong not in caplog.text
 
 
 def test_the_seed_and_its_piece_takers_never_meet_in_the_swarm() -> None:
@@ -331,3 +472,45 @@ def test_the_shim_streams_a_blob_whose_pieces_come_from_the_piece_server(tmp_pat
         got = hf_hub_download(BIG, shard, cache_dir=tmp_path / "client", endpoint=agent.shim_url)
         assert Path(got).read_bytes() == data
         assert _totals(agent)["from_piece_servers"] >= len(data)
+
+
+def test_nodes_that_stop_reading_cannot_pile_pieces_up_in_the_seed(
+    blob: Path, signer: TicketSigner, clock: Clock
+) -> None:
+    """The review's finding: unread 4 MiB responses grew without bound. Now at most `max_connections`
+    are open (the rest get 503 at once), and a stalled one is dropped after `send_timeout`."""
+    book = PieceBook()
+    book.add(IH, blob, blob.stat().st_size)
+    book.tickets.trust(signer.public_key, clock=clock)
+    port = free_port()
+    serve(book, "127.0.0.1", port, max_connections=4, send_timeout=1.0)
+    ticket = _ticket(signer)[TICKET_HEADER]
+    request = f"GET /v1/pieces/{IH}/0 HTTP/1.1\r\nHost: x\r\n{TICKET_HEADER}: {ticket}\r\n\r\n".encode()
+    pipelined = 4  # more than the kernel buffers of a loopback connection hold, so the seed must wait
+    stalled = []
+    for _ in range(12):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        s.connect(("127.0.0.1", port))
+        s.sendall(request * pipelined)  # and read nothing for now
+        stalled.append(s)
+    try:
+        time.sleep(0.5)
+        heads = []
+        for s in stalled:
+            s.settimeout(5)
+            heads.append(s.recv(12))
+        assert sum(h.startswith(b"HTTP/1.1 503") for h in heads) >= 12 - 4, heads
+        # Past the deadline the stalled ones are closed: reading now ends at EOF, short of what was asked.
+        time.sleep(2.5)
+        for s, head in zip(stalled, heads, strict=True):
+            if head.startswith(b"HTTP/1.1 200"):
+                got = len(head)
+                while chunk := s.recv(1 << 20):
+                    got += len(chunk)
+                assert got < pipelined * PIECE_LENGTH
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/pieces/{IH}/0", headers=_ticket(signer), timeout=10)
+        assert r.status_code == 200 and len(r.content) == PIECE_LENGTH
+    finally:
+        for s in stalled:
+            s.close()

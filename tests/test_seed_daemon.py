@@ -11,6 +11,7 @@ import pytest
 from hfbt.config import SeedConfig, SwarmConfig
 from hfbt.seed.daemon import build_seed, start_piece_server
 from hfbt.seed.pieces import PieceBook
+from hfbt.trackerclient import TicketGrant
 
 
 class _Metrics:
@@ -25,8 +26,13 @@ class _Tracker:
     def register_seed(self, *args) -> None:
         self.seeds.append(args)
 
-    def announce_url(self) -> str:
-        return "http://t/announce"
+    skew = 0.0
+
+    def announce_url(self) -> TicketGrant:
+        return TicketGrant(None, "http://t/announce", None)
+
+    def ticket_key(self) -> str | None:
+        return None
 
     def close(self) -> None:
         pass

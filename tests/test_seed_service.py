@@ -8,10 +8,11 @@ or opens a socket.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -19,7 +20,9 @@ from types import SimpleNamespace
 
 import fastbencode
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hfbt import trackerclient
 from hfbt.cache import repo_dir
 from hfbt.config import SeedConfig, SwarmConfig
 from hfbt.errors import HfbtError
@@ -27,8 +30,11 @@ from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH, FileEntry, Manifest, is_lfs
 from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedStore
+from hfbt.seed import service as seed_service
 from hfbt.seed.pieces import PieceBook
 from hfbt.seed.service import SeedService
+from hfbt.tickets import TICKET_HEADER, TicketSigner
+from hfbt.trackerclient import TicketGrant
 from hfbt.wire import HANDOUT_MIN_PIECES, seed_hands_out
 
 REPO = "acme/tiny"
@@ -76,6 +82,11 @@ class FakeTracker:
         self.on_register_revision = threading.Event()
         self.fail_once: dict[str, HfbtError] = {}  # method name -> what its next call raises
         self.closed = False
+        self.skew = 0.0
+        # An open tracker's grant by default: no ticket, nothing to renew.
+        self.make_grant: Callable[[], TicketGrant] = lambda: TicketGrant(None, ANNOUNCE, None)
+        self.grants_asked = 0
+        self.key: str | None = None
 
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail_once:
@@ -86,8 +97,13 @@ class FakeTracker:
     ) -> None:
         self.seeds.append((seed_id, origin, piece_port, piece_url))
 
-    def announce_url(self) -> str:
-        return ANNOUNCE
+    def announce_url(self) -> TicketGrant:
+        self._maybe_fail("announce_url")
+        self.grants_asked += 1
+        return self.make_grant()
+
+    def ticket_key(self) -> str | None:
+        return self.key
 
     def next_job(self, seed_id: str, wait: float = 25.0) -> dict | None:
         return self.jobs.pop(0) if self.jobs else None
@@ -470,6 +486,7 @@ def test_bytes_that_do_not_match_the_etag_fail_the_job_and_are_removed(seeds: Se
     assert not (repo_dir(seeds.hub.cache_dir, "model", REPO) / "blobs" / etag).exists()
     assert rig.sample("hfbt_seed_mirror_jobs_total", {"result": "failed"}) == 1
     assert rig.sample("hfbt_seed_origin_download_bytes_total") == 0
+    assert rig.sample("hfbt_seed_integrity_failures_total") == 1
 
 
 # --- 3. origin errors ----------------------------------------------------------------------------
@@ -759,3 +776,77 @@ def test_a_lost_job_result_does_not_escape_run_job(seeds: Seeds) -> None:
     assert rig.tracker.results == [("job-1", ok(C1))]
     assert rig.sample("hfbt_seed_mirror_jobs_total", {"result": "done"}) == 1
     assert rig.sample("hfbt_seed_mirror_jobs_running") == 0
+
+
+# --- the announce grant and the ticket key -------------------------------------------------------
+
+
+def test_the_seed_renews_its_grant_before_it_expires_and_reannounces_every_torrent(
+    seeds: Seeds, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(seed_service, "RENEW_TICK_S", 0.01)
+    monkeypatch.setattr(seed_service, "retry_in", lambda failures: 0.05)
+    monkeypatch.setattr(trackerclient, "RENEW_MIN_S", 0.05)
+    seeds.hub.add_repo(REPO, {C1: three_files()}, {"main": C1})
+    rig = seeds.start(register=False)
+    minted: list[str] = []
+
+    def grant() -> TicketGrant:  # a fresh seed ticket at every call, valid 0.3 s
+        minted.append(f"seed-ticket-{len(minted):03d}-s3cret")
+        return TicketGrant(minted[-1], f"{ANNOUNCE}/{minted[-1]}", time.time() + 0.3)
+
+    rig.tracker.make_grant = grant
+    rig.service._register()
+    rig.service.run_job(job("job-1", "main"))
+    ihs = sorted(rig.swarm.torrents)
+    assert len(ihs) == 2
+    assert all(rig.swarm.torrents[ih]["trackers"] == [f"{ANNOUNCE}/{minted[0]}?hfbt=seed"] for ih in ihs)
+
+    stop = threading.Event()
+    renewer = threading.Thread(target=rig.service._keep_announce_fresh, args=(stop,))
+    renewer.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(minted) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rig.tracker.fail_once["announce_url"] = HfbtError("TrackerUnreachable", "tracker down")
+        while len(minted) < 4:  # one renewal fails, the seed tries again and goes on renewing
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        renewer.join(5)
+    assert not renewer.is_alive()
+    last = [f"{ANNOUNCE}/{minted[-1]}?hfbt=seed"]
+    assert all(rig.swarm.torrents[ih]["trackers"] == last for ih in ihs)  # every torrent, the last grant
+    for i in range(1, len(minted)):
+        assert (
+            sorted(
+                ih for ih, urls in rig.swarm.tracker_updates if urls == [f"{ANNOUNCE}/{minted[i]}?hfbt=seed"]
+            )
+            == ihs
+        )
+    assert caplog.text.count("event=announce_renewal_failed") == 1
+    assert not [t for t in minted if t in caplog.text]
+
+
+def test_the_seed_learns_the_ticket_key_when_it_registers(seeds: Seeds) -> None:
+    signer = TicketSigner(Ed25519PrivateKey.generate())
+    rig = seeds.start(register=False)
+    gate = rig.pieces.tickets
+    ih = "ab" * 20
+    valid = SimpleNamespace(headers={TICKET_HEADER: signer.mint("node1", ih, "node", 60)[0]})
+    nothing = SimpleNamespace(headers={})
+    refused = gate.refusal(nothing, ih)  # type: ignore[arg-type]
+    assert refused is not None and refused.status_code == 503  # before: nobody
+    rig.tracker.key = signer.public_key
+    rig.service._register()
+    assert gate.refusal(valid, ih) is None  # type: ignore[arg-type]
+    assert gate.refusal(valid, "cd" * 20).status_code == 403  # type: ignore[arg-type,union-attr]
+    assert gate.refusal(nothing, ih).status_code == 401  # type: ignore[arg-type,union-attr]
+    # The tracker opened (say, redeployed without tokens): the next registration learns that too.
+    rig.tracker.key = None
+    rig.service._register()
+    assert gate.refusal(nothing, ih) is None  # type: ignore[arg-type]

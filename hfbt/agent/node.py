@@ -15,11 +15,20 @@ mirrors the revision, then moves every selected file (`BlobPull`) on by one step
                      checked against the manifest, the file renamed to `blobs/<etag>` and recorded
                      as published (this node seeds it from now on)
     DONE             under its final name and linked into snapshots/<commit>/
+    FAILED           the bytes failed that check (`BlobPull.failure` says why): discarded, never under
+                     the final name, logged as event=integrity_failure; the pull fails with "Integrity"
 
 A file already in the cache, or published under another repo of it, goes straight to DONE; files of
 the same content share one download. A pull with no progress for `stall_timeout` seconds fails, or,
 with `fallback_origin` set, fetches every file not DONE yet from the origin (checked against the
 manifest like any blob, then seeded). After the last file: refs/<revision>.
+
+Tickets: on a closed tracker each torrent announces with a ticket for this node and that torrent,
+valid minutes. `_Renewals` (one thread for every torrent) asks the tracker for a fresh one at about
+half its life, with the Hub token of the pull that joined it (kept in memory only), and gives the
+torrent the new announce URL; the piece fetcher reads the ticket through the same `TicketHolder`. A
+refused renewal (the Hub token no longer reads the repo, the node was revoked) ends the renewals of
+that torrent, and its seeding once it only seeds.
 """
 
 from __future__ import annotations
@@ -39,15 +48,23 @@ from pathlib import Path
 from typing import Protocol
 
 from hfbt import cache
-from hfbt.agent.pieces import PieceFetcher, piece_urls
+from hfbt.agent.pieces import PieceFetcher, TicketHolder, piece_urls
 from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
+from hfbt.hashing import git_blob_sha1, sha256_file
 from hfbt.hub.client import HubClient
 from hfbt.manifest import FileEntry, Manifest, is_commit, select_files
 from hfbt.published import PublishedBlob, PublishedStore, forget_published
 from hfbt.swarm import Swarm, SwarmError, TorrentStatus
-from hfbt.trackerclient import ManifestReply, TrackerClient
+from hfbt.trackerclient import (
+    ManifestReply,
+    TicketGrant,
+    TrackerClient,
+    TrackerRefused,
+    grant_of_announce,
+    retry_in,
+)
 from hfbt.wire import seed_hands_out
 
 log = logging.getLogger("hfbt.node")
@@ -55,6 +72,8 @@ log = logging.getLogger("hfbt.node")
 POLL_S = 0.3
 REANNOUNCE_S = 3.0
 PROGRESS_S = 0.5  # progress events, and the stall check that reads them, at most this often
+# The renewal thread looks again at least this often (a clock that jumped, a grant added meanwhile).
+RENEW_IDLE_S = 30.0
 
 
 class OriginClient(Protocol):
@@ -74,7 +93,7 @@ def open_node(cfg: NodeConfig) -> Iterator[Node]:
     with ExitStack() as stack:
         swarm = Swarm(cfg.swarm, resume_dir=cfg.state_dir / "resume")
         stack.callback(swarm.close)
-        tracker = TrackerClient(cfg.tracker, cfg.auth_token, node_name=cfg.node_name)
+        tracker = TrackerClient(cfg.tracker, cfg.node_token, node_name=cfg.node_name)
         stack.callback(tracker.close)
         node = Node(cfg, swarm, tracker, PublishedStore(cfg.state_dir / "published"))
         stack.callback(node.close)
@@ -86,6 +105,7 @@ class BlobState(Enum):
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     DONE = "done"
+    FAILED = "failed"
 
 
 @dataclass
@@ -94,6 +114,7 @@ class BlobPull:
 
     entry: FileEntry  # replaced when a manifest refresh brings the blob's info-hash
     state: BlobState = BlobState.WAITING_TORRENT
+    failure: str | None = None  # FAILED: why (one sentence, as the pull's error says it)
 
 
 @dataclass
@@ -103,6 +124,7 @@ class _Download:
     entry: FileEntry
     info_hash: str
     torrent: bytes
+    repo_id: str  # for the logs
     started: float = field(default_factory=time.monotonic)
     last_announce: float = field(default_factory=time.monotonic)
     finalizing: Future | None = None
@@ -116,7 +138,9 @@ class Node:
         tracker: TrackerClient,
         published: PublishedStore,
         hub_client_factory: HubClientFactory = HubClient,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """clock: wall-clock seconds, the time tickets expire in (tests pass their own)."""
         self.cfg = cfg
         self._swarm = swarm
         self._tracker = tracker
@@ -128,18 +152,26 @@ class Node:
         self._joined: dict[str, str] = {}  # etag -> info-hash of blobs whose swarm this node joined
         self._background = ThreadPoolExecutor(8, thread_name_prefix="fetch")
         self._fetches: dict[PullRequest, Future] = {}
+        self._renewals = _Renewals(tracker, swarm, clock)
+        self._verdicts: dict[str, _Verdict] = {}  # etag -> the final check of its latest download
+        self._integrity_failures = 0
 
     def close(self) -> None:
         """Stop the node's own threads (a blob being verified is finished first); the collaborators
         are closed by whoever made them (open_node)."""
         self._background.shutdown(wait=False, cancel_futures=True)
         self._finalize.shutdown(wait=True)
+        self._renewals.close()
 
     def reseed(self) -> int:
-        """Seed every blob this node published before, if it is still in the cache (no re-hash)."""
+        """Seed every blob this node published before, if it is still in the cache (no re-hash).
+
+        The stored torrents' tickets have expired meanwhile: each announces once the renewal thread
+        has a fresh ticket for it (without a Hub token: a private repo's blob stays out of the swarm
+        until a pull with a token that reads it joins it again)."""
         found = self._published.all()
         for rec, torrent in found:
-            self._swarm.add(torrent, Path(rec.path).parent, seeding=True)
+            self._seed(rec.info_hash, torrent, Path(rec.path).parent)
         return len(found)
 
     # --- pull ------------------------------------------------------------------------------------
@@ -175,8 +207,11 @@ class Node:
         return self._swarm.statuses()
 
     def totals(self) -> dict[str, int]:
-        """Payload bytes up and down since the session started, removed torrents included."""
-        return self._swarm.totals()
+        """Payload bytes up and down since the session started, removed torrents included; and
+        `integrity_failures`: downloads whose bytes failed the final sha256/git-sha1 check."""
+        with self._guard:
+            failures = self._integrity_failures
+        return {**self._swarm.totals(), "integrity_failures": failures}
 
     def published_blobs(self) -> list[PublishedBlob]:
         """The blobs this node verified and seeds, with the file each is seeded from."""
@@ -198,6 +233,25 @@ class Node:
         with self._guard:
             return self._joined.get(etag)
 
+    def blob_verified(self, etag: str, timeout: float = 0.0) -> bool | None:
+        """Whether the latest download of this blob passed its final sha256/git-sha1 check.
+
+        For a reader that streamed the blob from the swarm (pieces are SHA-1 checked one by one, the
+        whole file only at the end): True once the blob is published under its final name; False if
+        it failed the check (blob_failure says why: the bytes streamed are not the file, and were
+        discarded); None if not decided within `timeout` seconds, or the node never joined it."""
+        with self._guard:
+            verdict = self._verdicts.get(etag)
+        if verdict is None or not verdict.decided.wait(timeout):
+            return None
+        return verdict.failure is None
+
+    def blob_failure(self, etag: str) -> str | None:
+        """Why the latest download of this blob failed its final hash check (None: it did not)."""
+        with self._guard:
+            verdict = self._verdicts.get(etag)
+        return verdict.failure if verdict is not None and verdict.decided.is_set() else None
+
     # --- one blob: the steps of a pull that touch the cache, the swarm and the published store ---
 
     def _publish_if_local(self, repo: Path, commit: str, f: FileEntry) -> bool:
@@ -211,22 +265,45 @@ class Node:
         cache.link_snapshot(repo, commit, f)
         return True
 
-    def _start(self, repo: Path, f: FileEntry, hf_token: str | None) -> _Download:
+    def _start(self, repo: Path, f: FileEntry, hf_token: str | None, repo_id: str) -> _Download:
         assert f.info_hash
         torrent = self._tracker.torrent(f.info_hash, hf_token=hf_token, pieces=seed_hands_out(f.size))
+        urls, announce = piece_urls(torrent)
+        # The torrent's announce URL carries this node's ticket for it (on a closed tracker).
+        grant = grant_of_announce(announce, self._tracker.skew)
+        with self._guard:
+            verdict = self._verdicts.get(f.etag)
+            if verdict is None or verdict.decided.is_set():
+                self._verdicts[f.etag] = _Verdict()
         if not self._swarm.has(f.info_hash):
             cache.blobs_dir(repo).mkdir(parents=True, exist_ok=True)
-            self._swarm.add(torrent, cache.blobs_dir(repo), file_name=cache.partial_name(f.etag))
-            urls, plain = piece_urls(torrent)
+            holder = _holder(grant, pieces=bool(urls))
+            self._swarm.add(
+                torrent,
+                cache.blobs_dir(repo),
+                file_name=cache.partial_name(f.etag),
+                trackers=holder.trackers(),
+            )
+            self._renewals.track(f.info_hash, holder, grant, hf_token)
             log.info(
                 "event=blob_join path=%s size=%d info_hash=%s piece_servers=%d",
                 f.path, f.size, f.info_hash, len(urls),
             )  # fmt: skip
             if urls:
-                PieceFetcher(self._swarm, f.info_hash, urls, plain, self.cfg.auth_token).start()
+                PieceFetcher(self._swarm, f.info_hash, urls, holder).start()
+        else:
+            # Another pull holds it: this pull's Hub token (just accepted by the tracker) renews it now.
+            self._renewals.refresh(f.info_hash, grant, hf_token)
         with self._guard:
             self._joined[f.etag] = f.info_hash
-        return _Download(f, f.info_hash, torrent)
+        return _Download(f, f.info_hash, torrent, repo_id)
+
+    def _seed(self, info_hash: str, torrent: bytes, folder: Path, hf_token: str | None = None) -> None:
+        """Seed a verified blob from `folder`, announcing with the ticket the node holds for it; without
+        one (a restart, gc moving the blob) once the renewal thread has asked the tracker for one."""
+        # Never the torrent's own announce URL: its ticket may have expired long ago.
+        self._swarm.add(torrent, folder, seeding=True, trackers=self._renewals.trackers(info_hash))
+        self._renewals.seeding(info_hash, hf_token)
 
     def _downloaded(self, d: _Download) -> bool:
         """Whether BitTorrent has verified every piece; reannounces a torrent that has no peer yet."""
@@ -254,19 +331,26 @@ class Node:
         """The finalize pool's part: hash check, rename to the final name, published record."""
         f = d.entry
         if self._copy_from_other_repo(repo, f):
+            self._decide(f.etag, None)
             return
         with self._etag_lock(f.etag):
             final = cache.blob_path(repo, f.etag)
             partial = cache.blobs_dir(repo) / cache.partial_name(f.etag)
             if not partial.exists() and final.is_file() and final.stat().st_size == f.size:
+                self._decide(f.etag, None)
                 return  # another pull of the same blob published it
             self._swarm.flush(d.info_hash)
             if not cache.verify_blob(partial, f):
+                self._integrity_failed(d.repo_id, f, d.info_hash, partial, "swarm")
                 self._swarm.remove(d.info_hash)
+                self._renewals.forget(d.info_hash)
                 partial.unlink(missing_ok=True)
-                raise HfbtError("Integrity", f"{f.path}: downloaded bytes do not match {f.etag}; discarded")
+                message = f"{f.path}: downloaded bytes do not match {f.etag}; discarded"
+                self._decide(f.etag, message)
+                raise HfbtError("Integrity", message)
             try:
                 self._swarm.rename(d.info_hash, f.etag)
+                self._renewals.seeding(d.info_hash)
             except SwarmError:
                 if not final.exists():
                     raise
@@ -274,8 +358,9 @@ class Node:
                 # replaces theirs atomically (same bytes if theirs is right) and we seed from it.
                 self._swarm.remove(d.info_hash)
                 os.replace(partial, final)
-                self._swarm.add(d.torrent, final.parent, seeding=True)
+                self._seed(d.info_hash, d.torrent, final.parent)
             self._published.put(PublishedBlob(f.etag, d.info_hash, f.size, str(final)), d.torrent)
+            self._decide(f.etag, None)
             log.info(
                 "event=blob_published path=%s size=%d seconds=%.1f",
                 f.path,
@@ -300,16 +385,18 @@ class Node:
                     origin = self._hub_client(self.cfg.fallback_origin or "", token, scratch)
                     got = origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
                     if not cache.verify_blob(got, f):
+                        self._integrity_failed(manifest.repo_id, f, f.info_hash, got, "origin")
                         raise HfbtError("Integrity", f"{f.path}: the origin's bytes do not match {f.etag}")
                     cache.import_blob(repo, f, got)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         cache.link_snapshot(repo, manifest.commit, f)
+        self._decide(f.etag, None)
         if f.info_hash and not self._swarm.has(f.info_hash):
             # Seed what we fetched: the next node gets it from us, not from the origin.
             torrent = stalled.torrent if stalled else self._tracker.torrent(f.info_hash, hf_token=token)
             final = cache.blob_path(repo, f.etag)
-            self._swarm.add(torrent, final.parent, seeding=True)
+            self._seed(f.info_hash, torrent, final.parent, token)
             self._published.put(PublishedBlob(f.etag, f.info_hash, f.size, str(final)), torrent)
 
     def _copy_from_other_repo(self, repo: Path, f: FileEntry) -> bool:
@@ -328,6 +415,28 @@ class Node:
         with self._guard:
             return self._etag_locks.setdefault(etag, threading.Lock())
 
+    # --- integrity -------------------------------------------------------------------------------
+
+    def _integrity_failed(
+        self, repo_id: str, f: FileEntry, info_hash: str | None, got: Path, source: str
+    ) -> None:
+        """One loud line and the counter: bytes that passed BitTorrent's SHA-1s (or came from the
+        origin) and still are not the file the manifest names. Hashed again only here, on failure."""
+        with self._guard:
+            self._integrity_failures += 1
+        expected = f.sha256 or "none"
+        also = "" if f.sha256 else f" expected_git_sha1={f.etag}"
+        log.error(
+            "event=integrity_failure repo=%s path=%s info_hash=%s expected_sha256=%s%s got=%s source=%s",
+            repo_id, f.path, info_hash or "none", expected, also, _observed(got, f), source,
+        )  # fmt: skip
+
+    def _decide(self, etag: str, failure: str | None) -> None:
+        with self._guard:
+            verdict = self._verdicts.setdefault(etag, _Verdict())
+        verdict.failure = failure
+        verdict.decided.set()
+
     # --- gc --------------------------------------------------------------------------------------
 
     def forget(self, paths: list[str]) -> dict:
@@ -340,10 +449,11 @@ class Node:
         for change in forget_published(self._published, paths, self.cfg.cache_dir):
             self._swarm.remove(change.old.info_hash)
             if change.new is None:
+                self._renewals.forget(change.old.info_hash)
                 stopped += 1
                 log.info("event=blob_forgotten path=%s", change.old.path)
                 continue
-            self._swarm.add(change.torrent, Path(change.new.path).parent, seeding=True)
+            self._seed(change.new.info_hash, change.torrent, Path(change.new.path).parent)
             moved += 1
             log.info("event=blob_moved from=%s to=%s", change.old.path, change.new.path)
         return {"stopped": stopped, "moved": moved}
@@ -433,7 +543,7 @@ class _PullRun:
         elif self.node._publish_if_local(self.repo, self._commit, f):
             blob.state = BlobState.DONE
         elif f.info_hash:
-            self.downloads[f.etag] = self.node._start(self.repo, f, self.req.token)
+            self.downloads[f.etag] = self.node._start(self.repo, f, self.req.token, self.req.repo_id)
             blob.state = BlobState.DOWNLOADING
 
     def _advance(self, blob: BlobPull) -> None:
@@ -445,7 +555,11 @@ class _PullRun:
             return
         blob.state = BlobState.VERIFYING
         if d.finalizing.done():
-            d.finalizing.result()  # raises the blob's integrity/rename error
+            try:
+                d.finalizing.result()
+            except Exception as e:  # the blob's integrity or rename error: the pull's error
+                blob.state, blob.failure = BlobState.FAILED, str(e)
+                raise
             cache.link_snapshot(self.repo, self._commit, blob.entry)
             blob.state = BlobState.DONE
 
@@ -515,6 +629,203 @@ class _PullRun:
             "files_total": len(self.blobs),
             "rate": rate,
         }
+
+
+@dataclass
+class _Verdict:
+    """The final hash check of a blob's latest download, for readers that streamed it (blob_verified)."""
+
+    decided: threading.Event = field(default_factory=threading.Event)
+    failure: str | None = None
+
+
+def _observed(path: Path, f: FileEntry) -> str:
+    """What the bytes at `path` hash to, in the manifest's terms: sha256 for LFS files, else git sha1."""
+    try:
+        size = path.stat().st_size
+        if size != f.size:
+            return f"size:{size}"  # the check stopped at the size: no hash to show
+        return sha256_file(path) if f.sha256 else git_blob_sha1(path)
+    except OSError as e:
+        return f"unreadable:{type(e).__name__}"
+
+
+def _holder(grant: TicketGrant | None, pieces: bool) -> TicketHolder:
+    if grant is None:
+        return TicketHolder(None, None, pieces)
+    return TicketHolder(grant.announce, grant.ticket, pieces)
+
+
+@dataclass
+class _Grant:
+    """One torrent's ticket as the renewal thread keeps it. In memory only: the Hub token it renews
+    with is never written or logged."""
+
+    holder: TicketHolder
+    hf_token: str | None = field(repr=False)
+    due: float | None  # when to renew (the node's clock); None: nothing to renew (open, or refused)
+    seeding: bool = False  # complete and published: a refusal ends its seeding too
+    refused: bool = False
+    failures: int = 0
+
+
+class _Renewals:
+    """Every torrent's ticket, renewed before it expires by one thread for all (started on first use).
+
+    A renewal asks the tracker (`TrackerClient.ticket`, with the Hub token the pull came with) at about
+    half the ticket's remaining life and gives the torrent the new announce URL. Refused (401/403):
+    one `event=ticket_refused` line and no more renewals; a torrent that only seeds leaves the swarm
+    (its file stays). Anything else: tried again after 1, 2, 4 ... s.
+    """
+
+    def __init__(self, tracker: TrackerClient, swarm: Swarm, clock: Callable[[], float]) -> None:
+        self._tracker = tracker
+        self._swarm = swarm
+        self._clock = clock
+        self._grants: dict[str, _Grant] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- what the node tells it ---
+
+    def track(self, ih: str, holder: TicketHolder, grant: TicketGrant | None, hf_token: str | None) -> None:
+        """A torrent just joined, announcing with `holder`'s trackers."""
+        with self._lock:
+            self._grants[ih] = _Grant(holder, hf_token, self._due(grant))
+        self._kick()
+
+    def refresh(self, ih: str, grant: TicketGrant | None, hf_token: str | None) -> None:
+        """A pull joined a torrent the node already holds, with a torrent (and ticket) just granted."""
+        with self._lock:
+            g = self._grants.get(ih)
+            if g is None:  # held outside the renewals (should not happen): from now on inside
+                g = self._grants[ih] = _Grant(_holder(grant, pieces=False), hf_token, None)
+            elif hf_token:
+                g.hf_token = hf_token  # the latest pull's: the one most likely to read the repo still
+            if grant is None or grant.ticket is None or not (g.refused or g.due is None):
+                return
+            # Refused before, granted again now (a new Hub token): renew with this grant.
+            trackers = g.holder.renewed(grant.announce, grant.ticket)
+            g.refused, g.failures, g.due = False, 0, self._due(grant)
+        self._replace(ih, trackers)
+        self._kick()
+
+    def seeding(self, ih: str, hf_token: str | None = None) -> None:
+        """The torrent is complete and seeds; one the node holds no grant for gets one at once."""
+        with self._lock:
+            g = self._grants.get(ih)
+            if g is None:
+                g = self._grants[ih] = _Grant(TicketHolder(None, None, False), hf_token, self._clock())
+            g.seeding = True
+            refused = g.refused
+            if refused:
+                del self._grants[ih]
+        if refused:
+            # Refused while it downloaded: it may keep the bytes, not go on sharing them.
+            log.info("event=seed_stopped info_hash=%s why=ticket_refused", ih)
+            self._swarm.remove(ih)
+        self._kick()
+
+    def trackers(self, ih: str) -> list[str]:
+        with self._lock:
+            g = self._grants.get(ih)
+        return g.holder.trackers() if g is not None else []
+
+    def forget(self, ih: str) -> None:
+        """The torrent left the swarm."""
+        with self._lock:
+            self._grants.pop(ih, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # --- the thread ---
+
+    def _due(self, grant: TicketGrant | None) -> float | None:
+        if grant is None or grant.ticket is None:
+            return None  # an open tracker: the announce URL never expires
+        now = self._clock()
+        if grant.expires is None:
+            return now  # a ticket we cannot read the expiry of: ask for one we can
+        return now + (grant.renew_in(now) or 0.0)
+
+    def _kick(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="ticket-renewals", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            now = self._clock()
+            with self._lock:
+                due = [(ih, g) for ih, g in self._grants.items() if g.due is not None and g.due <= now]
+                upcoming = [g.due for g in self._grants.values() if g.due is not None and g.due > now]
+            for ih, g in due:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._renew(ih, g)
+                except Exception:  # a bug must not end every renewal: this torrent is tried later
+                    log.exception("event=ticket_renewal_crashed info_hash=%s", ih)
+                    with self._lock:
+                        g.failures += 1
+                        g.due = self._clock() + retry_in(g.failures)
+            if due:
+                continue  # renewals took time: look again before sleeping
+            wait = min(upcoming, default=now + RENEW_IDLE_S) - now
+            self._wake.wait(min(max(wait, 0.0), RENEW_IDLE_S))
+
+    def _renew(self, ih: str, g: _Grant) -> None:
+        try:
+            grant = self._tracker.ticket(ih, hf_token=g.hf_token)
+        except TrackerRefused as e:
+            self._refused(ih, g, e)
+            return
+        except HfbtError as e:
+            with self._lock:
+                g.failures += 1
+                g.due = self._clock() + retry_in(g.failures)
+            log.warning(
+                "event=ticket_renewal_failed info_hash=%s code=%s error=%r failures=%d retry_in=%.0f",
+                ih, e.code, e.message, g.failures, retry_in(g.failures),
+            )  # fmt: skip
+            return
+        with self._lock:
+            if self._grants.get(ih) is not g:
+                return  # forgotten (or joined afresh) while we asked
+            trackers = g.holder.renewed(grant.announce, grant.ticket)
+            g.failures, g.due = 0, self._due(grant)
+        log.debug("event=ticket_renewed info_hash=%s", ih)
+        self._replace(ih, trackers)
+
+    def _refused(self, ih: str, g: _Grant, e: TrackerRefused) -> None:
+        with self._lock:
+            if self._grants.get(ih) is not g:
+                return
+            g.refused, g.due = True, None
+            leave = g.seeding
+            if leave:
+                del self._grants[ih]
+        log.warning(
+            "event=ticket_refused info_hash=%s reason=%s status=%d detail=%r left_swarm=%s",
+            ih, e.code, e.status, e.message, "yes" if leave else "no",
+        )  # fmt: skip
+        if leave:
+            self._swarm.remove(ih)  # the file stays in the cache: only the sharing ends
+
+    def _replace(self, ih: str, trackers: list[str]) -> None:
+        try:
+            self._swarm.replace_trackers(ih, trackers)
+        except SwarmError:
+            self.forget(ih)  # it left the swarm meanwhile
 
 
 class _StallWatch:

@@ -8,6 +8,9 @@ watches: when the download makes no progress for a while and some missing piece 
 the peers (the node that took it died, or a late node is alone), it fetches exactly those by index.
 If no piece server answers at all, the node announces without its piece role again, so the tracker
 hands it the seed as a plain BT peer.
+
+Every request shows the seed this node's ticket for the blob (TICKET_HEADER), read from the blob's
+`TicketHolder` at each request: the node renews tickets (hfbt/agent/node.py) while fetchers run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import httpx
 from fastbencode import bdecode
 
 from hfbt.swarm import Swarm, SwarmError
-from hfbt.wire import PIECE_HEADER, PIECE_URLS_KEY
+from hfbt.tickets import TICKET_HEADER
+from hfbt.wire import PIECE_HEADER, PIECE_URLS_KEY, ROLE_PIECES, with_role
 
 log = logging.getLogger("hfbt.pieces")
 
@@ -72,21 +76,62 @@ def piece_urls(torrent: bytes) -> tuple[list[str], str | None]:
     return urls, plain
 
 
+class TicketHolder:
+    """One torrent's announce URL and ticket as the node holds them now (thread-safe).
+
+    The node renews the ticket (`renewed`); the piece fetcher reads it at every request and drops the
+    piece role when no piece server answers (`without_pieces`). `trackers()` is what the torrent
+    announces with: the URL, with `?hfbt=pieces` while it takes the seed's pieces over HTTP.
+    """
+
+    def __init__(self, announce: str | None, ticket: str | None, pieces: bool) -> None:
+        self._lock = threading.Lock()
+        self._announce = announce
+        self._ticket = ticket
+        self._pieces = pieces
+
+    def __repr__(self) -> str:  # never the ticket, not even in a failing test's report
+        return f"TicketHolder(pieces={self._pieces}, ticket={'set' if self._ticket else None})"
+
+    @property
+    def ticket(self) -> str | None:
+        with self._lock:
+            return self._ticket
+
+    @property
+    def pieces(self) -> bool:
+        with self._lock:
+            return self._pieces
+
+    def trackers(self) -> list[str]:
+        with self._lock:
+            return self._trackers()
+
+    def _trackers(self) -> list[str]:
+        if not self._announce:
+            return []
+        return [with_role(self._announce, ROLE_PIECES) if self._pieces else self._announce]
+
+    def renewed(self, announce: str, ticket: str | None) -> list[str]:
+        """Hold a fresh grant; returns the trackers to announce with now."""
+        with self._lock:
+            self._announce, self._ticket = announce, ticket
+            return self._trackers()
+
+    def without_pieces(self) -> list[str]:
+        """Announce as a plain peer from now on (renewals included); returns the trackers for that."""
+        with self._lock:
+            self._pieces = False
+            return self._trackers()
+
+
 class PieceFetcher:
-    def __init__(
-        self,
-        swarm: Swarm,
-        info_hash: str,
-        urls: list[str],
-        plain_announce: str | None,
-        auth_token: str | None = None,
-    ) -> None:
+    def __init__(self, swarm: Swarm, info_hash: str, urls: list[str], holder: TicketHolder) -> None:
         self.swarm = swarm
         self.info_hash = info_hash
         self.urls = list(urls)
-        self.plain_announce = plain_announce
-        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
-        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(60.0, connect=2.0))
+        self.holder = holder
+        self._http = httpx.Client(timeout=httpx.Timeout(60.0, connect=2.0))
         self._lock = threading.Lock()
         self._handed_out = False
         self._gave_up = False
@@ -232,19 +277,24 @@ class PieceFetcher:
                 continue
             if r.status_code in ok and (r.status_code != 200 or PIECE_HEADER in r.headers):
                 return r
-            self._drop(url, f"HTTP {r.status_code}")
+            self._drop(url, _refusal(r))
         self._give_up("no piece server answered")
         return None
 
     def _request(self, method: str, url: str) -> httpx.Response:
         try:
-            return self._http.request(method, url)
+            return self._http.request(method, url, headers=self._headers())
         except httpx.ReadTimeout:
             raise  # it answered nothing for a minute: no second minute
         except httpx.TransportError as e:
             log.info("event=piece_server_retry url=%s error=%r", url, repr(e))
             time.sleep(RETRY_AFTER_S)
-            return self._http.request(method, url)
+            return self._http.request(method, url, headers=self._headers())
+
+    def _headers(self) -> dict[str, str]:
+        # Read at every request: a renewal replaces the ticket while the fetcher runs.
+        ticket = self.holder.ticket
+        return {TICKET_HEADER: ticket} if ticket else {}
 
     def _add(self, piece: int, data: bytes) -> None:
         self.swarm.add_piece(self.info_hash, piece, data)
@@ -267,9 +317,10 @@ class PieceFetcher:
                 return
             self._gave_up = True
         log.warning("event=piece_fetch_off info_hash=%s why=%r fallback=bt_seed", self.info_hash, why)
-        if self.plain_announce:
+        trackers = self.holder.without_pieces()
+        if trackers:
             try:
-                self.swarm.replace_trackers(self.info_hash, [self.plain_announce])
+                self.swarm.replace_trackers(self.info_hash, trackers)
             except SwarmError:
                 pass
 
@@ -279,3 +330,12 @@ class PieceFetcher:
             last = self._running == 0
         if last:
             self._http.close()
+
+
+def _refusal(r: httpx.Response) -> str:
+    """`HTTP 403: <the seed's reason>`: why a piece server said no (its reasons never hold the ticket)."""
+    try:
+        reason = r.json().get("error")
+    except (ValueError, AttributeError):
+        reason = None
+    return f"HTTP {r.status_code}: {reason}" if isinstance(reason, str) else f"HTTP {r.status_code}"

@@ -42,7 +42,7 @@ def build_seed(cfg: SeedConfig) -> SeedService:
     return SeedService(
         cfg,
         seed_id=seed_id,
-        tracker=TrackerClient(cfg.tracker, cfg.auth_token, node_name=f"seed-{seed_id}"),
+        tracker=TrackerClient(cfg.tracker, cfg.seed_token, node_name=f"seed-{seed_id}"),
         origin=HubClient(cfg.origin, cfg.token, cfg.data_dir / "hub"),
         store=PublishedStore(cfg.data_dir / "published"),
         swarm=swarm,
@@ -57,7 +57,8 @@ def start_piece_server(cfg: SeedConfig, pieces: PieceBook, metrics: SeedMetrics)
     if not cfg.piece_port:
         return 0
     try:
-        serve_pieces(pieces, cfg.piece_host, cfg.piece_port, cfg.auth_token, metrics.piece_served)
+        # It refuses every request until the seed has registered and learned the tracker's ticket key.
+        serve_pieces(pieces, cfg.piece_host, cfg.piece_port, metrics.piece_served)
     except OSError as e:
         # A second seed on the same host (or a taken port) still seeds: its nodes then take every
         # piece over BitTorrent, as before the piece server existed.

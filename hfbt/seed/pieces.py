@@ -6,11 +6,14 @@ twice and its link, the bottleneck, was busy that much longer (bench/README.md).
 seeding fixes the copies but waits 10 s on every new connection. Here the seed decides: `next` hands
 out every piece once, in order, to whichever node asks first; the nodes trade everything else among
 themselves. A node that finds a piece nobody has (its first taker died) fetches it by index.
+
+Only to nodes with a ticket for that blob (`TicketGate`): the pieces are the blob's bytes, and a
+private repo's must reach no one the tracker has not let in.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import os
 import threading
@@ -23,13 +26,21 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hfbt.manifest import PIECE_LENGTH
+from hfbt.tickets import TICKET_HEADER, TicketError, TicketVerifier
 from hfbt.wire import PIECE_HEADER
 
 log = logging.getLogger("hfbt.seed.pieces")
 
 ROUND_IDLE_S = 30.0
+# Each response holds a 4 MiB piece until the node has read it: at most this many at once (≈ 256 MiB),
+# the rest get 503 at once (the node tries again, or takes the piece over BitTorrent) ...
+MAX_CONNECTIONS = 64
+# ... and a node that stops reading loses its connection after this long, not the seed its memory.
+SEND_TIMEOUT_S = 30.0
+SEND_SLICE = 256 * 1024
 
 
 @dataclass
@@ -45,6 +56,47 @@ class _Blob:
         return -(-self.size // PIECE_LENGTH)
 
 
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers={"X-Error-Code": code})
+
+
+class TicketGate:
+    """Which nodes the piece server serves: those showing a ticket (TICKET_HEADER) the tracker signed for
+    the blob asked for, checked offline with the tracker's public key (hfbt/tickets.py).
+
+    Until the seed has asked the tracker for that key every request is refused (503): serving without
+    knowing whether the tracker is closed would hand private blobs to anyone. The key None: an open
+    tracker, no ticket needed. The seed learns the key when it registers (SeedService._register).
+    """
+
+    def __init__(self) -> None:
+        self._known = False
+        self._verifier: TicketVerifier | None = None
+
+    def trust(self, public_key: str | None, clock: Callable[[], float] = time.time) -> None:
+        """public_key: the tracker's (base64url raw Ed25519), None for an open tracker. clock: the
+        tracker's time as this seed sees it (tickets expire on the tracker's clock)."""
+        self._verifier = None if public_key is None else TicketVerifier(public_key, clock)
+        self._known = True
+
+    def refusal(self, request: Request, info_hash: str) -> JSONResponse | None:
+        """Why this request may not have a piece of `info_hash` (None: it may)."""
+        if not self._known:
+            return _error(503, "Unavailable", "this seed has not yet learned the tracker's ticket key")
+        if self._verifier is None:
+            return None
+        ticket = request.headers.get(TICKET_HEADER)
+        if not ticket:
+            return _error(401, "Unauthorized", f"no ticket: send the tracker's ticket in {TICKET_HEADER}")
+        try:
+            self._verifier.verify(ticket, info_hash)
+        except TicketError as e:
+            # The reason goes back to the node (its own ticket); nothing of the ticket reaches a log.
+            log.debug("event=piece_request_refused info_hash=%s reason=%r", info_hash, str(e))
+            return _error(403, "Forbidden", str(e))
+        return None
+
+
 class PieceBook:
     """Which blobs the seed serves and which piece each one hands out next (no I/O but pread)."""
 
@@ -53,6 +105,7 @@ class PieceBook:
     ) -> None:
         self._blobs: dict[str, _Blob] = {}
         self._lock = threading.Lock()
+        self.tickets = TicketGate()  # who may have the pieces (the piece server checks every request)
         self._round_idle_s = round_idle_s
         self._clock = clock
 
@@ -102,18 +155,8 @@ class PieceBook:
         return data
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status, headers={"X-Error-Code": code})
-
-
-def create_app(
-    book: PieceBook, auth_token: str | None = None, on_served: Callable[[str, int], None] | None = None
-) -> Starlette:
-    def authorized(request: Request) -> bool:
-        if not auth_token:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {auth_token}".encode())
+def create_app(book: PieceBook, on_served: Callable[[str, int], None] | None = None) -> Starlette:
+    gate = book.tickets
 
     def piece_response(info_hash: str, piece: int, how: str) -> Response:
         try:
@@ -127,12 +170,13 @@ def create_app(
             return _error(500, "ReadFailed", "the seed could not read this piece")
         if on_served:
             on_served(how, len(data))
-        return Response(data, media_type="application/octet-stream", headers={PIECE_HEADER: str(piece)})
+        return PieceResponse(data, media_type="application/octet-stream", headers={PIECE_HEADER: str(piece)})
 
     def take_next(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "Unauthorized", "missing or wrong cluster token")
         info_hash = request.path_params["info_hash"].lower()
+        # The ticket first: a caller without one learns nothing, not even which blobs this seed serves.
+        if (refused := gate.refusal(request, info_hash)) is not None:
+            return refused
         try:
             piece = book.take_next(info_hash)
         except KeyError:
@@ -142,9 +186,10 @@ def create_app(
         return piece_response(info_hash, piece, "next")
 
     def get_piece(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "Unauthorized", "missing or wrong cluster token")
-        return piece_response(request.path_params["info_hash"].lower(), request.path_params["piece"], "index")
+        info_hash = request.path_params["info_hash"].lower()
+        if (refused := gate.refusal(request, info_hash)) is not None:
+            return refused
+        return piece_response(info_hash, request.path_params["piece"], "index")
 
     return Starlette(
         routes=[
@@ -154,23 +199,70 @@ def create_app(
     )
 
 
+class PieceResponse(Response):
+    """A piece sent in slices: uvicorn waits for the node to read each one (flow control), so a node that
+    stops reading holds one slice in the kernel's buffers rather than the whole piece in ours, and the
+    deadline below can notice it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = memoryview(self.body)
+        for start in range(0, len(body), SEND_SLICE):
+            end = start + SEND_SLICE
+            await send(
+                {"type": "http.response.body", "body": bytes(body[start:end]), "more_body": end < len(body)}
+            )
+        if not body:
+            await send({"type": "http.response.body", "body": b""})
+
+
+class SendDeadline:
+    """ASGI middleware: once one send of a response has waited `timeout` for the node to read, the rest of
+    that response is dropped; uvicorn then closes the connection (one line, "returned without completing
+    response") and the piece's memory is freed."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gave_up = False
+
+        async def send_or_give_up(message: Message) -> None:
+            nonlocal gave_up
+            if gave_up:
+                return
+            try:
+                await asyncio.wait_for(send(message), self.timeout)
+            except asyncio.TimeoutError:
+                gave_up = True
+                log.warning("event=piece_send_timeout path=%s timeout_s=%s", scope.get("path"), self.timeout)
+
+        await self.app(scope, receive, send_or_give_up)
+
+
 def serve(
     book: PieceBook,
     host: str,
     port: int,
-    auth_token: str | None = None,
     on_served: Callable[[str, int], None] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    send_timeout: float = SEND_TIMEOUT_S,
 ) -> None:
     """Run the piece server in a daemon thread; return once it listens (or raise why it cannot)."""
     import uvicorn
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(book, auth_token, on_served),
+            SendDeadline(create_app(book, on_served), send_timeout),
             host=host,
             port=port,
             log_level="warning",
             access_log=False,
+            limit_concurrency=max_connections,
         )
     )
     thread = threading.Thread(target=server.run, name="piece-server", daemon=True)

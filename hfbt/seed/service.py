@@ -2,6 +2,10 @@
 
 Each file's torrent is registered as soon as that file is mirrored, so nodes start on shard 1
 while shard 2 is still coming from the origin.
+
+The seed announces every torrent with one grant from the tracker (on a closed tracker, a ticket for
+every torrent, valid minutes): a thread renews it at about half its life and gives every announced
+torrent the new URL. It also learns the tracker's ticket key when it registers, for its piece server.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from hfbt.manifest import FileEntry, Manifest, ManifestError
 from hfbt.metrics import SeedMetrics
 from hfbt.published import PublishedBlob, PublishedStore
 from hfbt.seed.pieces import PieceBook
-from hfbt.swarm import Swarm
+from hfbt.swarm import Swarm, SwarmError
 from hfbt.torrents import make_blob_torrent
-from hfbt.trackerclient import TrackerClient
+from hfbt.trackerclient import TicketGrant, TrackerClient, retry_in
 from hfbt.wire import ROLE_SEED, seed_hands_out, with_role
 
 log = logging.getLogger("hfbt.seed")
 JOB_SLOTS = 4
+# How often the renewal thread looks at its grant: renewals land within this of when they are due.
+RENEW_TICK_S = 1.0
 
 
 class SeedService:
@@ -55,7 +61,12 @@ class SeedService:
         self.pieces = pieces  # served by `hfbt seed --piece-port` (hfbt/seed/pieces.py)
         # The port the piece server really listens on, 0 for none: cfg.piece_port is only what was asked.
         self.piece_port = piece_port
+        # The announce grant and the URL list every announced torrent has; the lock keeps a renewal and a
+        # torrent being announced from crossing (the torrent would keep the old ticket until it expires).
+        self._announce_lock = threading.Lock()
+        self._grant: TicketGrant | None = None
         self._announce: list[str] = []
+        self._announced: set[str] = set()  # info-hashes given self._announce
         self._etag_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._files = ThreadPoolExecutor(max(1, cfg.parallel_files), thread_name_prefix="seed-file")
@@ -63,6 +74,9 @@ class SeedService:
     # --- lifecycle ---
 
     def run(self, stop: threading.Event) -> None:
+        threading.Thread(
+            target=self._keep_announce_fresh, args=(stop,), name="seed-tickets", daemon=True
+        ).start()
         jobs = ThreadPoolExecutor(JOB_SLOTS, thread_name_prefix="seed-job")
         slots = threading.Semaphore(JOB_SLOTS)
         registered = False
@@ -90,9 +104,10 @@ class SeedService:
         self.tracker.register_seed(
             self.seed_id, self.origin.endpoint, port, self.cfg.piece_url if port else None
         )
-        first = not self._announce
-        # The role keeps the seed away from nodes that take its pieces over HTTP (tracker/handout.py).
-        self._announce = [with_role(self.tracker.announce_url(), ROLE_SEED)]
+        # Tickets expire on the tracker's clock: the piece server judges them by it.
+        self.pieces.tickets.trust(self.tracker.ticket_key(), clock=lambda: time.time() + self.tracker.skew)
+        first = self._grant is None
+        self._use_grant(self.tracker.announce_url())
         count = self.reseed() if first else 0
         log.info(
             "event=seed_registered seed_id=%s bt_port=%d reseeded=%d",
@@ -100,6 +115,53 @@ class SeedService:
             self.swarm.listen_port,
             count,
         )
+
+    # --- the announce grant ---
+
+    def _use_grant(self, grant: TicketGrant) -> None:
+        """Announce with this grant from now on, every torrent announced so far included."""
+        with self._announce_lock:
+            self._grant = grant
+            # The role keeps the seed away from nodes that take its pieces over HTTP (tracker/handout.py).
+            self._announce = [with_role(grant.announce, ROLE_SEED)]
+            for ih in sorted(self._announced):
+                try:
+                    self.swarm.replace_trackers(ih, self._announce)
+                except SwarmError:
+                    self._announced.discard(ih)  # no longer in the session
+
+    def _announce_with_grant(self, ih: str) -> None:
+        with self._announce_lock:
+            self.swarm.replace_trackers(ih, self._announce)
+            self._announced.add(ih)
+
+    def _keep_announce_fresh(self, stop: threading.Event) -> None:
+        """Renew the announce grant at about half its remaining life, retrying with backoff; never
+        raises (a dead renewal thread would silently end every announce when the ticket expires)."""
+        seen: TicketGrant | None = None
+        due: float | None = None
+        failures = 0
+        while not stop.wait(RENEW_TICK_S):
+            with self._announce_lock:
+                grant = self._grant
+            if grant is not seen:  # registered, re-registered or renewed: schedule from the new grant
+                seen, failures = grant, 0
+                wait = grant.renew_in() if grant is not None else None
+                due = None if wait is None else time.monotonic() + wait
+            if due is None or time.monotonic() < due:
+                continue
+            try:
+                self._use_grant(self.tracker.announce_url())
+                log.info("event=announce_renewed torrents=%d", len(self._announced))
+            except Exception as e:  # HfbtError, or a bug: either way, try again later
+                failures += 1
+                due = time.monotonic() + retry_in(failures)
+                log.warning(
+                    "event=announce_renewal_failed error=%r failures=%d retry_in=%.0f",
+                    str(e),
+                    failures,
+                    retry_in(failures),
+                )
 
     def close(self) -> None:
         self._files.shutdown(wait=False, cancel_futures=True)
@@ -116,8 +178,11 @@ class SeedService:
     def _seed(self, rec: PublishedBlob, torrent: bytes, announce: bool = True) -> None:
         # Our own torrent plus this seed's announce URL: no tracker round trip (or Hub token check) per blob.
         # announce=False: not yet, the tracker does not know the torrent (it would refuse the announce).
-        trackers = self._announce if announce else None
-        ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=trackers)
+        with self._announce_lock:
+            trackers = list(self._announce) if announce else None
+            ih = self.swarm.add(torrent, Path(rec.path).parent, seeding=True, trackers=trackers)
+            if announce:
+                self._announced.add(ih)
         if seed_hands_out(rec.size):
             self.pieces.add(ih, Path(rec.path), rec.size)
         if self.cfg.swarm.super_seed and seed_hands_out(rec.size):
@@ -190,13 +255,20 @@ class SeedService:
                     self.tracker.register_torrent(manifest, f.path, torrent)
             # Every time, not only when fresh: after a registration that failed, the job's retry finds
             # the blob already seeded, still without its announce URL.
-            self.swarm.replace_trackers(rec.info_hash, self._announce)
+            self._announce_with_grant(rec.info_hash)
 
     def _fetch(self, manifest: Manifest, f: FileEntry) -> tuple[PublishedBlob, bytes]:
         t0 = time.monotonic()
         blob = self.origin.download(manifest.repo_type, manifest.repo_id, manifest.commit, f.path)
         if not verify_blob(blob, f):
             blob.unlink(missing_ok=True)
+            self.metrics.integrity_failed()
+            log.error(
+                "event=integrity_failure source=origin repo=%s path=%s expected=%s",
+                manifest.repo_id,
+                f.path,
+                f.etag,
+            )
             raise HfbtError("OriginError", f"{f.path}: the origin sent bytes that do not match {f.etag}")
         self.metrics.blob_fetched(f.size)
         torrent = make_blob_torrent(blob, f.etag)
