@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from hfbt.hashing import git_blob_sha1_bytes
-from hfbt.manifest import Manifest, check_path, check_repo_id, check_revision
+from hfbt.manifest import Manifest, ManifestError, check_path, check_repo_id, check_revision
 
 
 class Backend(Protocol):
@@ -44,7 +45,16 @@ MAX_FORM_BYTES = 1024 * 1024
 
 DEFAULT_BRANCH = "main"
 
+BAD_REQUEST = "BadRequest"  # X-Error-Code of a malformed request (serve-dir has always sent it)
+
 _API_WORDS = frozenset({"revision", "tree", "paths-info", "refs"})
+
+# Integers from the wire are ASCII digits only: str.isdigit() accepts "²" (int() then fails) and int()
+# accepts "٣", " 3", "+3" and "3_0". Bounded in length so int() never meets its 4300-digit limit.
+_ASCII_INT = re.compile(r"[0-9]{1,20}")
+_HUGE = 10**20  # stands for any longer digit string: past every file size and page offset
+_RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", re.IGNORECASE | re.ASCII)
+MAX_REPO_ID_CHARS = 96 * 2 + 1
 
 
 class HubError(Exception):
@@ -68,6 +78,54 @@ def not_found() -> HubError:
     return HubError(404, "Not found")
 
 
+def bad_request(e: ManifestError) -> HubError:
+    return HubError(400, str(e), BAD_REQUEST)
+
+
+def valid_repo_id(repo_id: str) -> str:
+    """hfbt.manifest.check_repo_id, plus what it lets through (a trailing newline matches its "$")."""
+    try:
+        check_repo_id(repo_id)
+    except ManifestError as e:
+        raise bad_request(e) from None
+    if len(repo_id) > MAX_REPO_ID_CHARS or not repo_id.isascii() or not repo_id.isprintable():
+        raise HubError(400, f"invalid repo id {repo_id[:100]!r}: control or non-ASCII character", BAD_REQUEST)
+    return repo_id
+
+
+def valid_revision(revision: str) -> str:
+    """hfbt.manifest.check_revision, plus git's check-ref-format rules it may let through ("." or
+    "a//b" would name no ref, and a ref file named "." cannot be written to a cache's refs/)."""
+    try:
+        check_revision(revision)
+    except ManifestError as e:
+        raise bad_request(e) from None
+    problem = _ref_problem(revision)
+    if problem:
+        raise HubError(400, f"invalid revision {revision[:100]!r}: {problem}", BAD_REQUEST)
+    return revision
+
+
+def _ref_problem(ref: str) -> str | None:
+    if not ref.isprintable():
+        return "control or unprintable character"
+    if ref == "@" or "@{" in ref:
+        return "'@' alone and '@{' are not allowed"
+    parts = ref.split("/")
+    if any(not p for p in parts):
+        return "empty path component"
+    if ref.endswith(".") or any(p.startswith(".") or p.endswith(".lock") for p in parts):
+        return "it cannot end with '.', nor a component start with '.' or end with '.lock'"
+    return None
+
+
+def valid_path(path: str) -> str:
+    try:
+        return check_path(path)
+    except ManifestError as e:
+        raise bad_request(e) from None
+
+
 @dataclass(frozen=True)
 class RepoFile:
     path: str
@@ -77,6 +135,7 @@ class RepoFile:
     blob_id: str  # git blob sha1 of what git stores: the file itself, or its LFS pointer for LFS files
     sha256: str | None = None  # LFS files only
     pointer_size: int | None = None  # LFS files only
+    mtime_ns: int | None = None  # serve-dir: the file as hashed; one that changed since is not served
 
 
 @dataclass(frozen=True)
@@ -162,6 +221,9 @@ class AnyPath(Route):
 async def read_request(request: Request) -> HubRequest:
     raw = request.scope.get("raw_path") or request.scope["path"].encode()
     raw_path = raw.decode("latin-1")
+    if not raw_path.startswith("/"):
+        # An absolute-form or "@host/..." target: splitting it on "/" would drop its first part unseen.
+        raise HubError(400, "the request target must be a path starting with '/'", BAD_REQUEST)
     try:
         segs = [unquote_to_bytes(p).decode("utf-8") for p in raw_path.split("/")[1:]]
     except UnicodeDecodeError as e:
@@ -196,16 +258,18 @@ def split_repo(
 
 def api(backend: Backend, req: HubRequest, repo_type: str, rest: list[str]) -> Response:
     repo_id, tail = split_repo(backend, repo_type, rest, _API_WORDS)
+    # Checked before anything reads a folder or asks the tracker: a bad id is a 400 whatever exists.
+    valid_repo_id(repo_id)
     reading = req.method in ("GET", "HEAD")
     if not tail and reading:
         return _info(backend, req, repo_type, repo_id, DEFAULT_BRANCH)
     word, args = (tail[0], tail[1:]) if tail else ("", [])
     if word == "revision" and len(args) == 1 and reading:
-        return _info(backend, req, repo_type, repo_id, args[0])
+        return _info(backend, req, repo_type, repo_id, valid_revision(args[0]))
     if word == "tree" and args and reading:
-        return _tree(backend, req, repo_type, repo_id, args[0], _subpath(args[1:]))
+        return _tree(backend, req, repo_type, repo_id, valid_revision(args[0]), _subpath(args[1:]))
     if word == "paths-info" and len(args) == 1 and req.method == "POST":
-        return _paths_info(backend, req, repo_type, repo_id, args[0])
+        return _paths_info(backend, req, repo_type, repo_id, valid_revision(args[0]))
     if word == "refs" and not args and reading:
         return _refs(backend, req, repo_type, repo_id)
     raise not_found()
@@ -213,7 +277,7 @@ def api(backend: Backend, req: HubRequest, repo_type: str, rest: list[str]) -> R
 
 def _subpath(parts: list[str]) -> str:
     path = "/".join(parts).rstrip("/")
-    return check_path(path) if path else ""
+    return valid_path(path) if path else ""
 
 
 def _info(backend: Backend, req: HubRequest, repo_type: str, repo_id: str, revision: str) -> Response:
@@ -307,7 +371,7 @@ def _paths_info(backend: Backend, req: HubRequest, repo_type: str, repo_id: str,
         path = value.rstrip("/")
         if key != "paths" or not path:
             continue
-        check_path(path)
+        valid_path(path)
         if path in snap.files:
             out.append(_entry(snap, "file", path, expand))
         elif path in snap.folders:
@@ -331,9 +395,18 @@ def _flag(value: str | None) -> bool:
 def _int_param(value: str | None, default: int, name: str) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
-        raise HubError(400, f"{name} must be an integer between 1 and {MAX_PAGE_SIZE}")
-    return int(value)
+    number = ascii_int(value)
+    if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+        raise HubError(400, f"{name} must be an integer between 1 and {MAX_PAGE_SIZE}", BAD_REQUEST)
+    return number
+
+
+def ascii_int(value: str) -> int | None:
+    """The value of a string of ASCII digits, _HUGE for a longer one than _ASCII_INT takes; else None."""
+    digits = value.lstrip("0") or ("0" if value else "")
+    if len(digits) > 20 and digits.isascii() and digits.isdigit():
+        return _HUGE
+    return int(digits) if _ASCII_INT.fullmatch(digits) else None
 
 
 def _cursor(offset: int) -> str:
@@ -344,11 +417,11 @@ def _decode_cursor(value: str | None) -> int:
     if not value:
         return 0
     try:
-        offset = int(base64.urlsafe_b64decode(value.encode()).decode())
-    except ValueError as e:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise HubError(400, "invalid cursor") from e
-    if offset < 0:
-        raise HubError(400, "invalid cursor")
+        offset = ascii_int(base64.urlsafe_b64decode(value.encode()).decode("ascii"))
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        offset = None
+    if offset is None:
+        raise HubError(400, "invalid cursor: use the one from the previous page's Link header", BAD_REQUEST)
     return offset
 
 
@@ -370,27 +443,22 @@ def file_headers(snap: Snapshot, f: RepoFile) -> dict[str, str]:
 
 
 def parse_range(value: str | None, size: int, commit: str) -> tuple[int, int]:
-    """The [start, end) to send. A missing, multi-range or malformed header means the whole file."""
+    """The [start, end) to send. A missing, multi-range or malformed header means the whole file
+    (RFC 9110 lets a server ignore a Range it cannot parse); a well-formed one past the end is a 416."""
     if not value:
         return 0, size
-    unit, _, spec = value.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    m = _RANGE.fullmatch(value)
+    if m is None or not (m[1] or m[2]):
         return 0, size
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
-        return 0, size
-    if last and not last.isdigit():
-        return 0, size
-    if not first:  # suffix range "bytes=-N": the last N bytes
-        start, end = max(0, size - int(last)), size
-        if int(last) == 0 or size == 0:
+    first, last = ascii_int(m[1]), ascii_int(m[2])
+    if first is None:  # suffix range "bytes=-N": the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
             raise _unsatisfiable(value, size, commit)
-        return start, end
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
+        return max(0, size - last), size
+    if first >= size or (last is not None and last < first):
         raise _unsatisfiable(value, size, commit)
-    return start, end
+    return first, size if last is None else min(last + 1, size)
 
 
 def _unsatisfiable(value: str, size: int, commit: str) -> HubError:
@@ -443,10 +511,7 @@ def resolve_target(
         raise not_found()
     revision, path = tail[1], "/".join(tail[2:])
     # Check the syntax of everything first, so bad input gets a 400 whatever exists.
-    check_repo_id(repo_id)
-    check_revision(revision)
-    check_path(path)
-    return repo_id, revision, path
+    return valid_repo_id(repo_id), valid_revision(revision), valid_path(path)
 
 
 def head_response(snap: Snapshot, f: RepoFile) -> Response:

@@ -8,6 +8,11 @@ the body bytes it serves (`/_hfbt/stats`): that is how tests and benches measure
 Layout: with `cfg.repo` set, `cfg.directory` is that one repo; otherwise it holds
 `models/<org>/<name>/` and `datasets/<org>/<name>/`, each a repo. The folder is rescanned on every
 request (so edits show up at once as a new commit); file hashes are cached by (path, size, mtime_ns).
+
+Only what lies inside the served folder is served: a symlink is followed only when its target
+resolves inside it (or, for an HF cache snapshot folder, inside that repo's blobs/), so a link to
+/etc/passwd or a sibling folder is neither listed nor read. With HFBT_ORIGIN_TOKEN every route but
+`/_hfbt/health` requires it, the stats included.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import BinaryIO
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from hfbt.config import ServeDirConfig
@@ -40,6 +45,7 @@ from hfbt.hub.readapi import (
     HubRequest,
     RepoFile,
     Snapshot,
+    bad_request,
     commit_of,
     head_response,
     lfs_pointer,
@@ -69,8 +75,14 @@ class _Stat:
     mtime_ns: int
 
 
-def scan_folder(root: Path) -> list[_Stat]:
-    """Regular files under `root`, hidden names (.git, .cache, ...) skipped, sorted by repo path."""
+def scan_folder(root: Path, allowed: tuple[Path, ...] | None = None) -> list[_Stat]:
+    """Regular files under `root`, hidden names (.git, .cache, ...) skipped, sorted by repo path.
+
+    `allowed`: the resolved folders a file may really be in (default: `root` itself, and the blobs/
+    of an HF cache snapshot folder); a symlink leading anywhere else is left out. Directory symlinks
+    are not descended into (os.walk's default), so a linked folder cannot widen the tree either.
+    """
+    roots = allowed if allowed is not None else allowed_roots(root)
     out: list[_Stat] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -78,16 +90,41 @@ def scan_folder(root: Path) -> list[_Stat]:
             if name.startswith("."):
                 continue
             abs_path = Path(dirpath, name)
+            real = inside(abs_path, roots)
+            if real is None:
+                continue  # a link out of the served folder, a dangling link or a file deleted meanwhile
             try:
-                st = abs_path.stat()  # follows symlinks: an HF cache snapshot folder can be served as is
+                st = real.stat()
             except OSError:
-                continue  # a dangling symlink or a file deleted while we walk
+                continue
             rel = abs_path.relative_to(root).as_posix()
             if not stat.S_ISREG(st.st_mode) or not _valid_path(rel):
                 continue
-            out.append(_Stat(rel, abs_path, st.st_size, st.st_mtime_ns))
+            out.append(_Stat(rel, real, st.st_size, st.st_mtime_ns))
     out.sort(key=lambda s: s.rel)
     return out
+
+
+def allowed_roots(root: Path) -> tuple[Path, ...]:
+    """Where the files of a folder served as `root` may really lie, resolved.
+
+    An HF cache snapshot folder (`<repo>/snapshots/<commit>/`) holds symlinks to `<repo>/blobs/`: that
+    one sibling is allowed too, so such a folder can be served as it is.
+    """
+    real = root.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        roots.append((real.parent.parent / "blobs").resolve())
+    return tuple(roots)
+
+
+def inside(path: Path, roots: tuple[Path, ...]) -> Path | None:
+    """`path` with every symlink resolved, if that lies in one of `roots`; else None."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        return None
+    return real if any(real == r or real.is_relative_to(r) for r in roots) else None
 
 
 def _valid_path(rel: str) -> bool:
@@ -169,7 +206,7 @@ def build_snapshot(repo_type: str, repo_id: str, listing: list[_Stat], hashes: H
 
 def _repo_file(s: _Stat, lfs: bool, digest: str) -> RepoFile:
     if not lfs:
-        return RepoFile(s.rel, s.size, s.abs_path, etag=digest, blob_id=digest)
+        return RepoFile(s.rel, s.size, s.abs_path, etag=digest, blob_id=digest, mtime_ns=s.mtime_ns)
     pointer = lfs_pointer(digest, s.size)
     return RepoFile(
         s.rel,
@@ -179,6 +216,7 @@ def _repo_file(s: _Stat, lfs: bool, digest: str) -> RepoFile:
         blob_id=git_blob_sha1_bytes(pointer),
         sha256=digest,
         pointer_size=len(pointer),
+        mtime_ns=s.mtime_ns,
     )
 
 
@@ -206,7 +244,9 @@ class FolderRepos:
         if "/" not in repo_id:
             return None
         d = self.root / f"{repo_type}s" / repo_id
-        return d if d.is_dir() else None
+        # A repo folder (or its org folder) that is a symlink out of the served folder is not a repo here.
+        real = inside(d, (self.root,))
+        return real if real is not None and real.is_dir() else None
 
     def exists(self, repo_type: str, repo_id: str) -> bool:
         try:
@@ -221,7 +261,7 @@ class FolderRepos:
         root = self.repo_dir(repo_type, repo_id)
         if root is None:
             raise HubError(404, "Repository not found", "RepoNotFound")
-        listing = scan_folder(root)
+        listing = scan_folder(root, self._allowed())
         signature = tuple((s.rel, s.size, s.mtime_ns) for s in listing)
         # One lock: concurrent first requests for a big repo wait for one hashing pass, not one each.
         with self._lock:
@@ -232,6 +272,29 @@ class FolderRepos:
             snap = replace(snap, private=self.cfg.token is not None)
             self._memo[root] = (signature, snap)
             return snap
+
+    def _allowed(self) -> tuple[Path, ...]:
+        # The served folder as a whole: a link between two repos of it stays in what is served.
+        return allowed_roots(self.root) if self.cfg.repo is not None else (self.root,)
+
+    def open_file(self, f: RepoFile) -> BinaryIO | None:
+        """The file's bytes as scanned; None if it is gone or now leads out of the served folder (a
+        symlink swapped in since the scan). A file changed since it was hashed is a 503: its bytes
+        would not match the etag the client checks them against, and the next scan has its new hash."""
+        if f.abs_path is None or inside(f.abs_path, self._allowed()) is None:
+            return None
+        try:
+            fh = open(f.abs_path, "rb")  # closed by the caller's stream
+        except OSError:
+            return None
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            fh.close()
+            return None
+        if st.st_size != f.size or (f.mtime_ns is not None and st.st_mtime_ns != f.mtime_ns):
+            fh.close()
+            raise HubError(503, f"{f.path} changed since it was hashed, retry", headers={"Retry-After": "1"})
+        return fh
 
     def resolve(self, repo_type: str, repo_id: str, revision: str) -> Snapshot:
         check_revision(revision)
@@ -286,21 +349,34 @@ def create_app(cfg: ServeDirConfig) -> FastAPI:
     app.state.origin = origin
     app.state.stats = stats
 
+    def authorized(request: Request) -> bool:
+        if cfg.token is None:
+            return True
+        given = request.headers.get("authorization", "").encode("latin-1", "replace")
+        return hmac.compare_digest(given, f"Bearer {cfg.token}".encode("latin-1", "replace"))
+
+    @app.get("/_hfbt/health")
+    def health() -> dict:
+        # Says nothing about the repos: what a container healthcheck may ask without the token.
+        return {"ok": True}
+
     @app.get("/_hfbt/stats")
-    def get_stats() -> dict:
-        return stats.to_dict()
+    def get_stats(request: Request) -> Response:
+        if not authorized(request):
+            return _unauthorized("the stats need the origin's token")
+        return JSONResponse(stats.to_dict())
 
     @app.post("/_hfbt/stats/reset")
-    def reset_stats() -> dict:
+    def reset_stats(request: Request) -> Response:
+        if not authorized(request):
+            return _unauthorized("resetting the stats needs the origin's token")
         stats.reset()
-        return {"ok": True}
+        return JSONResponse({"ok": True})
 
     async def hub(request: Request) -> Response:
         try:
             req = await read_request(request)
-            if cfg.token is not None and not hmac.compare_digest(
-                req.headers.get("authorization", ""), f"Bearer {cfg.token}"
-            ):
+            if not authorized(request):
                 # What the Hub answers for a private repo without access: it does not confirm it exists.
                 raise HubError(401, "Repository not found", "RepoNotFound")
             resolve = partial(_resolve, origin, stats, limit, req)
@@ -308,10 +384,14 @@ def create_app(cfg: ServeDirConfig) -> FastAPI:
         except HubError as e:
             return e.response()
         except ManifestError as e:
-            return HubError(400, str(e), "BadRequest").response()
+            return bad_request(e).response()
 
     app.router.routes.append(AnyPath(hub, methods=["GET", "HEAD", "POST"]))
     return app
+
+
+def _unauthorized(why: str) -> Response:
+    return HubError(401, why, headers={"WWW-Authenticate": "Bearer"}).response()
 
 
 def serve(cfg: ServeDirConfig) -> None:
@@ -330,11 +410,10 @@ def _resolve(
     if req.method == "HEAD":
         return head_response(snap, f)
     status, start, end, headers = range_headers(req, snap, f)
-    try:
-        # Opened here, not in the body generator: a file gone since the scan still gets a clean 404.
-        fh = open(f.abs_path, "rb")  # closed by _stream, or by GC if the body is never sent
-    except FileNotFoundError as e:
-        raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": snap.commit}) from e
+    # Opened here, not in the body generator: a file gone since the scan still gets a clean 404.
+    fh = origin.open_file(f)  # closed by _stream, or by GC if the body is never sent
+    if fh is None:
+        raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": snap.commit})
     key = f"{repo_type}/{repo_id}/{path}"
     stats.count_request()
     body = _stream(fh, start, end - start, lambda n: stats.add(key, n), limit)

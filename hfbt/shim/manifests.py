@@ -5,6 +5,9 @@ tracker round trip. A commit's complete manifest never changes, so it is kept fo
 re-asked after a few seconds so a new commit shows up as fast as the tracker knows it. Entries are
 keyed by a hash of the caller's Hub token, so a private revision is only ever served to callers the
 tracker (through the origin) accepted.
+
+A miss may wait long (up to PENDING_LIMIT_S while the tracker mirrors the revision): `get(wait=False)`
+raises ManifestPending instead, so the app can do that wait off the threadpool every request shares.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ _HUB_ERRORS: dict[str, tuple[int, str | None]] = {
 }
 
 
+class ManifestPending(Exception):
+    """Not in the cache: getting it means asking the tracker, which may hold the call for seconds."""
+
+    def __init__(self, repo_type: str, repo_id: str, revision: str, token: str | None) -> None:
+        super().__init__(f"{repo_type}:{repo_id}@{revision} is not cached")
+        self.key = (repo_type, repo_id, revision, token)
+
+
 def hub_error(e: HfbtError) -> HubError:
     status, code = _HUB_ERRORS.get(e.code, (502, None))
     return HubError(status, e.message, code)
@@ -58,13 +69,18 @@ class ManifestCache:
         self._lock = threading.Lock()
         self._entries: dict[tuple, tuple[float, Revision]] = {}
 
-    def get(self, repo_type: str, repo_id: str, revision: str, token: str | None) -> Revision:
+    def get(
+        self, repo_type: str, repo_id: str, revision: str, token: str | None, wait: bool = True
+    ) -> Revision:
+        """The revision, from the cache or the tracker; with wait=False a miss raises ManifestPending."""
         key = (repo_type, repo_id, revision, hashlib.sha256(token.encode()).hexdigest() if token else None)
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(key)
         if hit and hit[0] > now:
             return hit[1]
+        if not wait:
+            raise ManifestPending(repo_type, repo_id, revision, token)
         rev = self._ask(repo_type, repo_id, revision, token)
         ttl = COMMIT_TTL_S if rev.manifest.complete and is_commit(revision) else BRANCH_TTL_S
         with self._lock:
