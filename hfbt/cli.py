@@ -45,6 +45,7 @@ TrackerUrl = Annotated[str, option(C.OPT_TRACKER)]
 LogLevel = Annotated[str, option(C.OPT_LOG_LEVEL)]
 RepoType = Annotated[str, option(C.OPT_REPO_TYPE)]
 BtHost = Annotated[str, option(C.OPT_BT_HOST)]
+Linger = Annotated[float, option(C.OPT_LINGER)]
 BtPort = Annotated[int, option(C.OPT_BT_PORT)]
 UploadMbit = Annotated[float, option(C.OPT_UPLOAD_MBIT)]
 SocketBufferKb = Annotated[int, option(C.OPT_SOCKET_BUFFER_KB, min=0)]
@@ -313,7 +314,9 @@ def pull(
     fallback_origin: FallbackOrigin = None,
     token: Annotated[str | None, option(C.OPT_PULL_TOKEN)] = None,
     bt_port: BtPort = C.SwarmConfig.listen_port,
+    bt_host: BtHost = C.SwarmConfig.listen_host,
     timeout: Annotated[float | None, option(C.OPT_PULL_TIMEOUT)] = None,
+    linger: Linger = C.LINGER_S,
     quiet: Annotated[bool, option(C.OPT_QUIET)] = False,
     log_level: LogLevel = C.QUIET_LOG_LEVEL,
 ) -> None:
@@ -329,7 +332,7 @@ def pull(
         state_dir,
         node_token=_secret(C.SECRET_NODE_TOKEN),
         node_name=node_name,
-        swarm=C.SwarmConfig(listen_port=bt_port),
+        swarm=C.SwarmConfig(listen_port=bt_port, listen_host=bt_host),
         stall_timeout=stall_timeout,
         fallback_origin=fallback_origin,
     )
@@ -339,7 +342,7 @@ def pull(
     agent_url, required = C.agent_choice(agent)
     try:
         with PullProgress(f"{repo_id}@{revision}", enabled=not quiet) as emit:
-            snap = run_pull(node, req, agent_url, emit, agent_required=required)
+            snap = run_pull(node, req, agent_url, emit, agent_required=required, linger_s=linger)
     except HfbtError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -410,6 +413,7 @@ def prefetch(
     fallback_origin: FallbackOrigin = None,
     token: Annotated[str | None, option(C.OPT_PREFETCH_TOKEN)] = None,
     timeout: Annotated[float | None, option(C.OPT_PREFETCH_TIMEOUT)] = None,
+    linger: Linger = C.LINGER_S,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
     """Pull the repos listed in a TOML file (cron/systemd timer); skips complete ones, records pins."""
@@ -434,7 +438,7 @@ def prefetch(
             fallback_origin=fallback_origin,
         )
         agent_url, required = C.agent_choice(agent)
-        run = P.PrefetchRun(node, agent_url, required, timeout, token)
+        run = P.PrefetchRun(node, agent_url, required, timeout, token, linger_s=linger)
         with maintenance_lock(node.state_dir, "prefetch"):
             outcomes = P.run(spec, run)
     except HfbtError as e:

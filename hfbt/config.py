@@ -449,6 +449,14 @@ OPT_PULL_AGENT = Setting(
 )
 OPT_PULL_TOKEN = Setting("--token", "HF_TOKEN", "Your Hub token: needed for private or gated repos.")
 OPT_PULL_TIMEOUT = Setting("--timeout", None, "Give up after this many seconds.")
+# Without an agent, a pull that exits when done strands the nodes still downloading its pieces.
+LINGER_S = 30.0
+OPT_LINGER = Setting(
+    "--linger",
+    "HFBT_LINGER",
+    "Without an agent: once done, keep serving up to this many seconds while other nodes still ask "
+    "for pieces (0 = exit at once).",
+)
 OPT_QUIET = Setting("--quiet", None, "No progress bar.", short="-q")
 
 # --- hfbt prefetch ------------------------------------------------------------------------------

@@ -201,6 +201,7 @@ class PrefetchRun:
     agent_required: bool = False
     timeout: float | None = None  # per repo
     token: str | None = field(default=None, repr=False)
+    linger_s: float = 0.0  # embedded pulls: serve this long after, while other nodes ask (hfbt.pull)
 
 
 def run(spec: PrefetchFile, run: PrefetchRun) -> list[Outcome]:
@@ -221,6 +222,7 @@ def _one(entry: Entry, run: PrefetchRun) -> Outcome:
             run.agent_url,
             lambda _ev: None,
             agent_required=run.agent_required,
+            linger_s=run.linger_s,
         )
     except HfbtError as e:
         out = Outcome(entry, "failed", time.monotonic() - t0, code=e.code, error=e.message)

@@ -48,6 +48,9 @@ class PullProgress:
             self._progress.update(self._task, total=ev["total"], completed=ev["done"], note=note)
         elif ev.get("event") == "waiting":
             self._progress.update(self._task, note=ev.get("detail", ""))
+        elif ev.get("event") == "linger":
+            note = f"done; serving {ev['peers']} node(s) that still need pieces before exit"
+            self._progress.update(self._task, note=note)
         elif ev.get("event") == "agent":
             self._progress.update(self._task, note=f"via agent {ev['url']}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,21 +11,31 @@ from pathlib import Path
 
 from hfbt import cache
 from hfbt.agent.client import AgentClient, local_agent
+from hfbt.agent.linger import linger
 from hfbt.agent.node import open_node
 from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
 from hfbt.errors import HfbtError
 
+log = logging.getLogger("hfbt.pull")
+
 
 def run_pull(
-    cfg: NodeConfig, req: PullRequest, agent_url: str | None, emit: Emit, agent_required: bool = False
+    cfg: NodeConfig,
+    req: PullRequest,
+    agent_url: str | None,
+    emit: Emit,
+    agent_required: bool = False,
+    linger_s: float = 0.0,
 ) -> Path:
+    """Through the agent serving this cache, else embedded; an embedded pull then serves its pieces
+    for up to `linger_s` while other nodes still ask for them (the agent keeps seeding anyway)."""
     req.validate()
     url = local_agent(cfg.cache_dir, agent_url, agent_required)
     if url:
         emit({"event": "agent", "url": url})
         return _via_agent(AgentClient(url), req, emit)
-    return pull_embedded(cfg, req, emit)
+    return pull_embedded(cfg, req, emit, linger_s)
 
 
 def _via_agent(agent: AgentClient, req: PullRequest, emit: Emit) -> Path:
@@ -37,9 +48,13 @@ def _via_agent(agent: AgentClient, req: PullRequest, emit: Emit) -> Path:
     raise HfbtError("AgentError", "the agent closed the pull without a result")
 
 
-def pull_embedded(cfg: NodeConfig, req: PullRequest, emit: Emit) -> Path:
+def pull_embedded(cfg: NodeConfig, req: PullRequest, emit: Emit, linger_s: float = 0.0) -> Path:
     with _repo_lock(cfg, req), open_node(cfg) as node:
-        return node.pull(req, emit)
+        snapshot = node.pull(req, emit)
+        served = linger(node.asking, linger_s, emit)
+        if served["seconds"] > 0:
+            log.info("event=lingered seconds=%s uploaded=%d", served["seconds"], served["uploaded"])
+        return snapshot
 
 
 @contextmanager

@@ -225,6 +225,17 @@ class Swarm:
         """How many connected peers have each piece."""
         return list(self._entry(ih).handle.piece_availability())
 
+    def interested_peers(self) -> int:
+        """Connected peers, over every torrent, that want a piece this node has."""
+        n = 0
+        for ih in self.info_hashes():
+            try:
+                peers = self._entry(ih).handle.get_peer_info()
+            except Exception:  # removed meanwhile: SwarmError, or libtorrent's invalid handle
+                continue
+            n += sum(1 for p in peers if p.flags & lt.peer_info.remote_interested)
+        return n
+
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
         h = self._entry(ih).handle
         h.replace_trackers([{"url": u} for u in urls])

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hfbt import cache
+from hfbt.agent.linger import Asking
 from hfbt.agent.pieces import PieceFetcher, TicketHolder, piece_urls
 from hfbt.agent.protocol import Emit, PullRequest
 from hfbt.config import NodeConfig
@@ -212,6 +213,10 @@ class Node:
         with self._guard:
             failures = self._integrity_failures
         return {**self._swarm.totals(), "integrity_failures": failures}
+
+    def asking(self) -> Asking:
+        """Who still wants this node's pieces (an embedded pull lingers while someone does)."""
+        return Asking(self._swarm.interested_peers(), self._swarm.totals()["uploaded"])
 
     def published_blobs(self) -> list[PublishedBlob]:
         """The blobs this node verified and seeds, with the file each is seeded from."""
