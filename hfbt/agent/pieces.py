@@ -220,9 +220,15 @@ class PieceFetcher:
                 if not self._handed_out:
                     last_change = time.monotonic()
                     continue
-                done = self.swarm.status(self.info_hash).done
-                if done != last_done:
-                    last_done, last_change = done, time.monotonic()
+                st = self.swarm.status(self.info_hash)
+                if st.peers == 0:
+                    # Alone a second after the hand-out ended: nobody will send the rest (the nodes
+                    # that took it left), so waiting RESCUE_AFTER_S for progress only costs time.
+                    self._rescue()
+                    last_change = time.monotonic()
+                    continue
+                if st.done != last_done:
+                    last_done, last_change = st.done, time.monotonic()
                     continue
                 if time.monotonic() - last_change >= RESCUE_AFTER_S:
                     self._rescue()
