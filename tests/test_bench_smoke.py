@@ -129,3 +129,21 @@ def test_tiny_loopback_run(tmp_path) -> None:
     assert rec["wall_s"] > 0 and set(rec["per_node_s"]) == {"n01", "n02"}
     assert rec["origin_bytes"] == rec["size_bytes"]  # the seed mirrored it once, before the clock started
     assert rec["seed_upload_bytes"] is not None and rec["seed_upload_bytes"] > 0
+
+
+def test_throughput_bench_runs_every_case_on_a_small_file(tmp_path) -> None:  # noqa: ANN001
+    """bench.throughput end to end on 8 MiB: every case measured, the record and table written."""
+    from bench import throughput
+
+    out = tmp_path / "throughput.json"
+    assert (
+        throughput.main(["--size-mb", "8", "--runs", "1", "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    )
+    record = json.loads(out.read_text())
+    assert set(record["cases"]) == set(throughput.CASES)
+    for case, row in record["cases"].items():
+        assert row["mb_per_s"] > 0 and row["cpu_s_per_gib"], case
+    assert (
+        record["cases"]["pull_2"]["per_node_mb_per_s"]
+        and "holders" in record["cases"]["holders_2_to_1"]["cpu_s_per_gib"]
+    )
