@@ -46,6 +46,7 @@ LogLevel = Annotated[str, option(C.OPT_LOG_LEVEL)]
 RepoType = Annotated[str, option(C.OPT_REPO_TYPE)]
 BtHost = Annotated[str, option(C.OPT_BT_HOST)]
 Linger = Annotated[float, option(C.OPT_LINGER)]
+DiskIo = Annotated[str, option(C.OPT_DISK_IO)]
 BtPort = Annotated[int, option(C.OPT_BT_PORT)]
 UploadMbit = Annotated[float, option(C.OPT_UPLOAD_MBIT)]
 SocketBufferKb = Annotated[int, option(C.OPT_SOCKET_BUFFER_KB, min=0)]
@@ -86,6 +87,13 @@ def _setup_logs(level: str) -> None:
 def _secret(secret: C.Secret) -> str | None:
     try:
         return C.read_secret(secret)
+    except HfbtError as e:
+        _fail(e)
+
+
+def _disk_io(name: str) -> str:
+    try:
+        return C.check_disk_io(name)
     except HfbtError as e:
         _fail(e)
 
@@ -221,6 +229,7 @@ def seed(
     super_seed: Annotated[bool, option(C.OPT_SUPER_SEED)] = C.SwarmConfig.super_seed,
     socket_buffer_kb: SocketBufferKb = C.SOCKET_BUFFER_KB,
     lt_setting: LtSettings = None,
+    disk_io: DiskIo = C.SwarmConfig.disk_io,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
     """Mirror revisions from the origin on demand and seed their torrents."""
@@ -234,6 +243,7 @@ def seed(
         super_seed=super_seed,
         socket_buffer_kb=socket_buffer_kb,
         lt_settings=_lt_settings(lt_setting),
+        disk_io=_disk_io(disk_io),
     )
     cfg = C.SeedConfig(
         tracker=tracker,
@@ -271,6 +281,7 @@ def agent(
     download_mbit: Annotated[float, option(C.OPT_DOWNLOAD_MBIT)] = C.SwarmConfig.download_mbit,
     socket_buffer_kb: SocketBufferKb = C.SOCKET_BUFFER_KB,
     lt_setting: LtSettings = None,
+    disk_io: DiskIo = C.SwarmConfig.disk_io,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
     """Run the node daemon: pulls into the HF cache and keeps seeding every completed blob."""
@@ -284,6 +295,7 @@ def agent(
         download_mbit=download_mbit,
         socket_buffer_kb=socket_buffer_kb,
         lt_settings=_lt_settings(lt_setting),
+        disk_io=_disk_io(disk_io),
     )
     node = C.node_config(
         tracker,
@@ -317,6 +329,7 @@ def pull(
     bt_host: BtHost = C.SwarmConfig.listen_host,
     timeout: Annotated[float | None, option(C.OPT_PULL_TIMEOUT)] = None,
     linger: Linger = C.LINGER_S,
+    disk_io: DiskIo = C.SwarmConfig.disk_io,
     quiet: Annotated[bool, option(C.OPT_QUIET)] = False,
     log_level: LogLevel = C.QUIET_LOG_LEVEL,
 ) -> None:
@@ -332,7 +345,7 @@ def pull(
         state_dir,
         node_token=_secret(C.SECRET_NODE_TOKEN),
         node_name=node_name,
-        swarm=C.SwarmConfig(listen_port=bt_port, listen_host=bt_host),
+        swarm=C.SwarmConfig(listen_port=bt_port, listen_host=bt_host, disk_io=_disk_io(disk_io)),
         stall_timeout=stall_timeout,
         fallback_origin=fallback_origin,
     )
@@ -414,6 +427,7 @@ def prefetch(
     token: Annotated[str | None, option(C.OPT_PREFETCH_TOKEN)] = None,
     timeout: Annotated[float | None, option(C.OPT_PREFETCH_TIMEOUT)] = None,
     linger: Linger = C.LINGER_S,
+    disk_io: DiskIo = C.SwarmConfig.disk_io,
     log_level: LogLevel = C.LOG_LEVEL,
 ) -> None:
     """Pull the repos listed in a TOML file (cron/systemd timer); skips complete ones, records pins."""
@@ -433,7 +447,7 @@ def prefetch(
             state_dir,
             node_token=_secret(C.SECRET_NODE_TOKEN),
             node_name=node_name,
-            swarm=C.SwarmConfig(listen_port=0),
+            swarm=C.SwarmConfig(listen_port=0, disk_io=_disk_io(disk_io)),
             stall_timeout=stall_timeout,
             fallback_origin=fallback_origin,
         )

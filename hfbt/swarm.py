@@ -108,7 +108,11 @@ class Swarm:
     """A libtorrent session plus the bookkeeping hfbt needs: completion, renames, resume data."""
 
     def __init__(self, cfg: SwarmConfig, resume_dir: Path | None = None) -> None:
-        self._ses = lt.session(session_settings(cfg))
+        params = lt.session_params()
+        params.settings = session_settings(cfg)
+        # The bindings take the backend by name (an unknown one silently means the default).
+        params.disk_io_constructor = f"{cfg.disk_io}_disk_io_constructor"
+        self._ses = lt.session(params)
         if cfg.upload_mbit or cfg.download_mbit:
             # libtorrent exempts LAN peers from rate limits (its "local" peer class); in a cluster
             # every peer is on the LAN, so an operator's cap must cover them all.

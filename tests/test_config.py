@@ -167,3 +167,9 @@ def test_parse_lt_settings() -> None:
     for bad in ("novalue", "=3"):
         with pytest.raises(HfbtError, match="NAME=VALUE"):
             C.parse_lt_settings([bad])
+
+
+def test_disk_io_names_a_known_backend() -> None:
+    assert C.check_disk_io("posix") == "posix"
+    with pytest.raises(HfbtError, match="--disk-io wants one of"):
+        C.check_disk_io("posix_disk_io_constructor")  # the bindings would take it silently as default
