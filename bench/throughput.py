@@ -361,7 +361,7 @@ def plot(summary: dict, out: Path, size: int) -> Path | None:
     ax.barh(cases, [summary[c]["mb_per_s"] for c in cases], color="tab:green")
     ax.invert_yaxis()
     ax.set_xlabel("MB/s (file bytes / wall time)")
-    ax.set_title(f"One {size / GIB:.0f} GiB file on 127.0.0.1, one run, same bytes")
+    ax.set_title(f"One {size / GIB:.0f} GiB file on 127.0.0.1, every case in each run (median run per case)")
     for i, c in enumerate(cases):
         ax.text(summary[c]["mb_per_s"], i, f" {summary[c]['mb_per_s']:.0f}", va="center")
     fig.tight_layout()
