@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,24 +224,24 @@ def one_run(work: Path, size: int, cases: set[str]) -> list[dict]:
         if "curl" in cases:
             with Watched({"origin": [origin_proc.popen.pid]}).case() as servers:
                 f = run_command(["curl", "-sf", "-o", "/dev/null", origin_url + file_url])
-            rows.append(_row("curl", size, f.wall_s, vars_of(f), servers))
+            rows.append(_row("curl", size, f.wall_s, usage(f), servers))
         if "hf_hub" in cases:
             with Watched({"origin": [origin_proc.popen.pid]}).case() as servers:
                 f = run_command([sys.executable, "-c", HF_HUB, REPO, origin_url, str(scratch("hf"))])
-            rows.append(_row("hf_hub", size, f.wall_s, vars_of(f), servers))
+            rows.append(_row("hf_hub", size, f.wall_s, usage(f), servers))
             shutil.rmtree(work / "clients" / "hf", ignore_errors=True)
 
         # Always run: it makes the seed warm for every case after it.
         with watched.case() as servers:
             f = run_command(hfbt_pull(cluster, "cold", scratch("cold")), env=cluster.node_env("cold"))
         if "pull_cold" in cases:
-            rows.append(_row("pull_cold", size, f.wall_s, vars_of(f), servers))
+            rows.append(_row("pull_cold", size, f.wall_s, usage(f), servers))
         shutil.rmtree(work / "clients" / "cold", ignore_errors=True)
 
         if "pull_1" in cases:
             with watched.case() as servers:
                 f = run_command(hfbt_pull(cluster, "one", scratch("one")), env=cluster.node_env("one"))
-            rows.append(_row("pull_1", size, f.wall_s, vars_of(f), servers))
+            rows.append(_row("pull_1", size, f.wall_s, usage(f), servers))
             shutil.rmtree(work / "clients" / "one", ignore_errors=True)
 
         if "pull_2" in cases:
@@ -269,7 +270,7 @@ def one_run(work: Path, size: int, cases: set[str]) -> list[dict]:
     return rows
 
 
-def vars_of(f: Finished) -> dict:
+def usage(f: Finished) -> dict:
     return {"cpu_s": f.cpu_s, "peak_rss_mb": round(f.peak_rss_mb, 1)}
 
 
@@ -277,7 +278,7 @@ def _two_at_once(cluster: LocalCluster, watched: Watched, scratch: Callable, siz
     envs = {name: cluster.node_env(name) for name in ("two-a", "two-b")}
     with watched.case() as servers:
         start = time.perf_counter()
-        with _pool(2) as pool:
+        with ThreadPoolExecutor(2) as pool:
             futures = [
                 pool.submit(run_command, hfbt_pull(cluster, name, scratch(name)), envs[name]) for name in envs
             ]
@@ -306,17 +307,9 @@ def _from_holders(cluster: LocalCluster, a: Agent, seed: Proc, scratch: Callable
     watched = Watched({"holders": [a.proc.popen.pid, b.proc.popen.pid], "tracker": [tracker.popen.pid]})
     with watched.case() as servers:
         f = run_command(hfbt_pull(cluster, "taker", scratch("taker")), env=cluster.node_env("taker"))
-    row = _row("holders_2_to_1", size, f.wall_s, vars_of(f), servers)
+    row = _row("holders_2_to_1", size, f.wall_s, usage(f), servers)
     # The holders' CPU is what two nodes spent to serve one copy between them.
     return row
-
-
-@contextmanager
-def _pool(n: int) -> Iterator:
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(n) as pool:
-        yield pool
 
 
 # --- the record -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from hfbt.cluster import free_port
 from hfbt.config import TrackerConfig
+from tests.conftest import stop_process
 from tracker.app import create_app
 from tracker.limits import MANIFEST_MAX_BYTES, TRACKER_BODY_LIMITS, BodyLimit, content_length
 
@@ -54,13 +55,7 @@ class TrackerProcess:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
