@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,45 @@ log = logging.getLogger("hfbt.swarm")
 
 class SwarmError(RuntimeError):
     pass
+
+
+# How long close() waits for calls already inside libtorrent (a status or add_piece takes milliseconds).
+CLOSE_WAIT_S = 10.0
+
+
+class _Calls:
+    """The threads inside libtorrent right now; once closed, nobody gets in.
+
+    A daemon thread (piece fetchers, the shim, the API's pulls) still inside a libtorrent call when the
+    interpreter exits is ended by pthread_exit as it retakes the GIL, in the destructor of the bindings'
+    GIL guard: the C++ runtime then aborts the whole process ("terminate called without an active
+    exception", exit code -6) however well the pull went. So close() waits for the calls in flight and
+    every later call raises SwarmError before it reaches libtorrent.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise SwarmError("the swarm is closed")
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Turn new calls away and wait for those inside; False if some are still there at the timeout."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._inside == 0, timeout)
 
 
 @dataclass
@@ -130,13 +171,15 @@ class Swarm:
         self._removed_up = 0
         self._removed_down = 0
         self._added_down = 0  # payload handed in with add_piece (the seed's piece server): not BT
+        self._calls = _Calls()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._alert_loop, name="swarm-alerts", daemon=True)
         self._thread.start()
 
     @property
     def listen_port(self) -> int:
-        return self._ses.listen_port()
+        with self._calls.call():
+            return self._ses.listen_port()
 
     # --- adding and removing -------------------------------------------------------------------
 
@@ -156,6 +199,17 @@ class Swarm:
         trackers: announce with exactly these (an empty list: none yet), not the torrent's own
         announce URL nor one in resume data, whose ticket may have expired; None: the torrent's own.
         """
+        with self._calls.call():
+            return self._add(torrent, save_path, file_name, seeding, trackers)
+
+    def _add(
+        self,
+        torrent: bytes,
+        save_path: Path,
+        file_name: str | None,
+        seeding: bool,
+        trackers: list[str] | None,
+    ) -> str:
         ti = lt.torrent_info(lt.bdecode(torrent))
         ih = str(ti.info_hashes().v1)
         with self._lock:
@@ -196,54 +250,64 @@ class Swarm:
             entry = self._entries.pop(ih, None)
         if entry is None:
             return
-        st = entry.handle.status()
-        self._removed_up += st.total_payload_upload
-        self._removed_down += st.total_payload_download
-        self._ses.remove_torrent(entry.handle)
+        with self._calls.call():
+            st = entry.handle.status()
+            self._removed_up += st.total_payload_upload
+            self._removed_down += st.total_payload_download
+            self._ses.remove_torrent(entry.handle)
         if self._resume_dir:
             (self._resume_dir / f"{ih}.resume").unlink(missing_ok=True)
 
     def reannounce(self, ih: str) -> None:
         # A node can announce a moment before the seed does and get no peers; waiting a whole
         # announce interval for the next try would stall the pull.
-        self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        with self._calls.call():
+            self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def super_seed(self, ih: str) -> None:
         """Super seeding (BEP 16) for a complete torrent: each peer is shown only pieces no other peer
         has been given yet, so the swarm, not the seed, spreads the copies."""
-        self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
+        with self._calls.call():
+            self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
 
     def add_piece(self, ih: str, piece: int, data: bytes) -> None:
         """Hand libtorrent a piece fetched elsewhere; it checks the hash, writes and announces it."""
-        self._entry(ih).handle.add_piece(piece, data, 0)
+        with self._calls.call():
+            self._entry(ih).handle.add_piece(piece, data, 0)
         with self._lock:
             self._added_down += len(data)
 
     def pieces_without_source(self, ih: str) -> list[int]:
         """Pieces this node lacks that no connected peer has either."""
-        have = self._entry(ih).handle.status(lt.status_flags_t.query_pieces).pieces
+        with self._calls.call():
+            have = self._entry(ih).handle.status(lt.status_flags_t.query_pieces).pieces
         avail = self.availability(ih)
         return [i for i, (got, n) in enumerate(zip(have, avail, strict=False)) if not got and n == 0]
 
     def availability(self, ih: str) -> list[int]:
         """How many connected peers have each piece."""
-        return list(self._entry(ih).handle.piece_availability())
+        with self._calls.call():
+            return list(self._entry(ih).handle.piece_availability())
 
     def interested_peers(self) -> int:
         """Connected peers, over every torrent, that want a piece this node has."""
         n = 0
         for ih in self.info_hashes():
             try:
-                peers = self._entry(ih).handle.get_peer_info()
+                with self._calls.call():
+                    peers = self._entry(ih).handle.get_peer_info()
+            except SwarmError:
+                raise
             except Exception:  # removed meanwhile: SwarmError, or libtorrent's invalid handle
                 continue
             n += sum(1 for p in peers if p.flags & lt.peer_info.remote_interested)
         return n
 
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
-        h = self._entry(ih).handle
-        h.replace_trackers([{"url": u} for u in urls])
-        h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        with self._calls.call():
+            h = self._entry(ih).handle
+            h.replace_trackers([{"url": u} for u in urls])
+            h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def has(self, ih: str) -> bool:
         with self._lock:
@@ -276,7 +340,8 @@ class Swarm:
         with self._lock:
             entry.piece_waiters.setdefault(piece, []).append(fut)
         # alert_when_available also covers a piece that arrives between a check and this call.
-        entry.handle.set_piece_deadline(piece, 0, lt.deadline_flags_t.alert_when_available)
+        with self._calls.call():
+            entry.handle.set_piece_deadline(piece, 0, lt.deadline_flags_t.alert_when_available)
         try:
             return fut.result(timeout)
         except TimeoutError:
@@ -288,10 +353,11 @@ class Swarm:
 
     def read_ahead(self, ih: str, pieces: range, step_ms: int = 200) -> None:
         """Ask for the pieces a reader needs next, in reading order, before it asks for each."""
-        handle = self._entry(ih).handle
-        for i, p in enumerate(pieces):
-            if not handle.have_piece(p):
-                handle.set_piece_deadline(p, (i + 1) * step_ms, 0)
+        with self._calls.call():
+            handle = self._entry(ih).handle
+            for i, p in enumerate(pieces):
+                if not handle.have_piece(p):
+                    handle.set_piece_deadline(p, (i + 1) * step_ms, 0)
 
     def flush(self, ih: str, timeout: float = 60.0) -> None:
         """Wait until every verified piece is on disk.
@@ -301,7 +367,8 @@ class Swarm:
         """
         entry = self._entry(ih)
         entry.flushed.clear()
-        entry.handle.flush_cache()
+        with self._calls.call():
+            entry.handle.flush_cache()
         if not entry.flushed.wait(timeout):
             raise SwarmError(f"flushing {ih} to disk timed out")
 
@@ -310,7 +377,8 @@ class Swarm:
         entry = self._entry(ih)
         entry.renamed.clear()
         entry.rename_error = None
-        entry.handle.rename_file(0, new_name)
+        with self._calls.call():
+            entry.handle.rename_file(0, new_name)
         if not entry.renamed.wait(timeout):
             raise SwarmError(f"rename of {ih} timed out")
         if entry.rename_error:
@@ -337,7 +405,8 @@ class Swarm:
 
     def status(self, ih: str) -> TorrentStatus:
         entry = self._entry(ih)
-        st = entry.handle.status()
+        with self._calls.call():
+            st = entry.handle.status()
         return TorrentStatus(
             info_hash=ih,
             total=st.total_wanted,
@@ -372,6 +441,8 @@ class Swarm:
     # --- shutdown ------------------------------------------------------------------------------
 
     def close(self, save_resume: bool = True) -> None:
+        if not self._calls.close(CLOSE_WAIT_S):
+            log.warning("event=swarm_close_busy waited_s=%s", CLOSE_WAIT_S)
         try:
             if save_resume and self._resume_dir:
                 self._save_resume_incomplete()
