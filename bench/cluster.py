@@ -35,7 +35,15 @@ from pathlib import Path
 from bench import metrics, net
 from hfbt import __version__
 from hfbt.cluster import LocalCluster, free_port
-from hfbt.config import AGENT_BT_PORT, AGENT_PORT, ORIGIN_PORT, SEED_BT_PORT, SEED_PIECE_PORT, TRACKER_PORT
+from hfbt.config import (
+    AGENT_BT_PORT,
+    AGENT_PORT,
+    LINGER_S,
+    ORIGIN_PORT,
+    SEED_BT_PORT,
+    SEED_PIECE_PORT,
+    TRACKER_PORT,
+)
 from hfbt.errors import HfbtError
 from hfbt.synth import make_model_repo
 
@@ -287,6 +295,8 @@ def _run(
     # serve-dir hashes the files on first use; the Hub has its hashes already: not part of the run
     dep.call("origin", "get", f"{origin_url}/api/models/{REPO_ID}/tree/main?recursive=true", timeout=300)
 
+    if mode == "embedded" and loop:
+        raise BenchError("embedded pulls take no rate limit: --mode embedded needs network namespaces")
     if mode == "http":
         for n in dep.nodes:
             helpers.start(
@@ -313,8 +323,16 @@ def _run(
             prefix=dep.prefix("seed"),
         )  # fmt: skip
         lc._wait_log(seed, "event=seed_registered")
-        if mode == "warm":
+        if mode in ("warm", "embedded"):
             _premirror(opts, dep, tracker_url)
+    if mode == "embedded":
+        for n in dep.nodes:
+            helpers.start(
+                dep, n, "embedded", "--tracker", tracker_url, "--repo", REPO_ID,
+                "--cache-dir", str(wd / n / "hub"), "--state-dir", str(wd / n / "state"), "--node-name", n,
+                "--bt-host", dep.ip[n], "--bt-port", str(dep.bt_port[n]),
+            )  # fmt: skip
+    elif mode != "http":
         for n in dep.nodes:
             agent_args = ["--bt-host", dep.ip[n], "--bt-port", str(dep.bt_port[n])]
             if loop:
@@ -364,7 +382,8 @@ def _run(
     seed_upload = None
     if mode != "http":
         helpers.send("stats")
-        stats = helpers.wait_all("stats", 30)
+        # embedded pulls report once they exit: after their linger (hfbt.config.LINGER_S at most)
+        stats = helpers.wait_all("stats", 30 + (LINGER_S if mode == "embedded" else 0))
         down = sum(s["downloaded"] for s in stats.values())
         up = sum(s["uploaded"] for s in stats.values())
         # every payload byte a node received came from another node or the seed
@@ -495,7 +514,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--node-mbit", type=float, default=100.0, help="U: every node's link (default 100)")
     p.add_argument("--size-mb", type=int, default=256, help="S in MiB (default 256)")
     p.add_argument(
-        "--mode", choices=["cold", "warm", "http", "all"], action="append", help="repeatable (default: all)"
+        "--mode", choices=[*metrics.MODES, "all"], action="append", help="repeatable (default: all)"
     )
     p.add_argument("--loopback", action="store_true", help="no namespaces and no shaping (see --help)")
     p.add_argument("--mtu", type=int, default=1500)
@@ -534,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] LOOPBACK MODE: no namespaces, no tc shaping; app rate limits only", file=sys.stderr)
     wanted = a.mode or ["all"]
     modes = [m for m in metrics.MODES if m in wanted or "all" in wanted]
+    if loopback and "all" in wanted:
+        modes.remove("embedded")  # embedded pulls take no rate limit: only a shaped link holds them
     failures = 0
     try:
         for n in a.nodes or DEFAULT_SERIES:

@@ -6,7 +6,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MODES = ("cold", "warm", "http")
+# embedded: warm, each node a plain `hfbt pull --agent none` (no agent; it lingers, then exits).
+MODES = ("cold", "warm", "embedded", "http")
 # What every line of bench/results/cluster.jsonl carries at least (issue 4).
 REQUIRED_FIELDS = (
     "mode",
@@ -48,14 +49,19 @@ def kumar_ross_bound(
 def bound_for(mode: str, nodes: int, size_bytes: int, origin_mbit: float, node_mbit: float) -> float:
     """The bound of one benchmark run.
 
-    warm: the source is the seed, whose link is capped at U like a node's.
+    warm, embedded: the source is the seed, whose link is capped at U like a node's.
     cold: the first copy has to come through the origin's link B, and into the seed (download U).
     http: every node reads the origin directly: the same source, u_s = B (the bound is a property of the
           network, not of the protocol; the baseline is compared with the same T* as cold).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
-    source = {"warm": node_mbit, "cold": min(origin_mbit, node_mbit), "http": origin_mbit}[mode]
+    source = {
+        "warm": node_mbit,
+        "embedded": node_mbit,
+        "cold": min(origin_mbit, node_mbit),
+        "http": origin_mbit,
+    }[mode]
     return kumar_ross_bound(size_bytes, source, [node_mbit] * nodes, [node_mbit] * nodes)
 
 

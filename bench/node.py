@@ -79,6 +79,44 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embedded(args: argparse.Namespace) -> int:
+    """`hfbt pull --agent none`, as a user without an agent runs it: done when the pull logs
+    event=pull_done (the snapshot is complete; it lingers after that), its payload totals from
+    event=pull_exit (the linger's uploads included)."""
+    import re
+    import subprocess
+
+    _say(event="ready")
+    if not sys.stdin.readline():
+        return 1
+    t0 = time.time()
+    cmd = [
+        sys.executable, "-m", "hfbt", "pull", args.repo, "--tracker", args.tracker, "--agent", "none",
+        "--cache-dir", args.cache_dir, "--state-dir", args.state_dir, "--node-name", args.node_name,
+        "--bt-host", args.bt_host, "--bt-port", str(args.bt_port), "--quiet", "--log-level", "info",
+    ]  # fmt: skip
+    pull = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert pull.stderr
+    done = False
+    totals: dict[str, float] = {}
+    for line in pull.stderr:
+        sys.stderr.write(line)
+        if not done and "event=pull_done" in line:
+            done = True
+            _say(event="done", t=time.time(), t0=t0)
+        elif "event=pull_exit" in line:
+            fields = re.findall(r"(\w+)=([0-9.]+)\b", line.split("event=pull_exit")[1])
+            totals = {k: float(v) for k, v in fields}
+    code = pull.wait()
+    if code != 0 or not done or not totals:
+        why = f"hfbt pull exited {code} (done={done}, totals={bool(totals)})"
+        _say(event="error", message=why, t=time.time())
+        return 1
+    if sys.stdin.readline():
+        _say(event="stats", **{k: int(v) if k != "lingered_s" else v for k, v in totals.items()})
+    return 0
+
+
 def cmd_http(args: argparse.Namespace) -> int:
     import os
 
@@ -115,13 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--repo", required=True)
     pl.add_argument("--revision", default="main")
     pl.add_argument("--timeout", type=float, default=60)
+    e = sub.add_parser("embedded")
+    for flag in ("--tracker", "--repo", "--cache-dir", "--state-dir", "--node-name", "--bt-host"):
+        e.add_argument(flag, required=True)
+    e.add_argument("--bt-port", type=int, required=True)
     h = sub.add_parser("http")
     h.add_argument("--endpoint", required=True)
     h.add_argument("--repo", required=True)
     h.add_argument("--revision", default="main")
     h.add_argument("--cache-dir", required=True)
     args = p.parse_args(argv)
-    return {"wait": cmd_wait, "get": cmd_get, "pull": cmd_pull, "http": cmd_http}[args.cmd](args)
+    run = {"wait": cmd_wait, "get": cmd_get, "pull": cmd_pull, "embedded": cmd_embedded, "http": cmd_http}
+    return run[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,10 +51,18 @@ def _via_agent(agent: AgentClient, req: PullRequest, emit: Emit) -> Path:
 
 def pull_embedded(cfg: NodeConfig, req: PullRequest, emit: Emit, linger_s: float = 0.0) -> Path:
     with _repo_lock(cfg, req), open_node(cfg) as node:
+        started = time.monotonic()
         snapshot = node.pull(req, emit)
+        log.info("event=pull_done repo=%s seconds=%.2f", req.repo_id, time.monotonic() - started)
         served = linger(node.asking, linger_s, emit)
-        if served["seconds"] > 0:
-            log.info("event=lingered seconds=%s uploaded=%d", served["seconds"], served["uploaded"])
+        # What this process gave the swarm and took from it (the cluster bench counts the seed's copies
+        # from these): payload bytes, the linger's included.
+        t = node.totals()
+        log.info(
+            "event=pull_exit lingered_s=%s lingered_uploaded=%d uploaded=%d downloaded=%d"
+            " from_piece_servers=%d",
+            served["seconds"], served["uploaded"], t["uploaded"], t["downloaded"], t["from_piece_servers"],
+        )  # fmt: skip
         return snapshot
 
 
