@@ -119,3 +119,10 @@ def test_status_and_gc_load_no_libtorrent() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr or "libtorrent was imported"
+
+
+def test_an_embedded_pull_loads_huggingface_hub_only_to_fall_back() -> None:
+    # Half of a pull's import time; a node needs it only for the origin fallback (hfbt.agent.node.hub_client).
+    code = "import sys, hfbt.cli, hfbt.pull\nsys.exit(1 if 'huggingface_hub' in sys.modules else 0)\n"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr or "huggingface_hub was imported"
