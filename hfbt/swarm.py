@@ -270,7 +270,7 @@ class Swarm:
         with self._calls.call():
             self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
 
-    def add_piece(self, ih: str, piece: int, data: bytes) -> None:
+    def add_piece(self, ih: str, piece: int, data: bytes | bytearray) -> None:
         """Hand libtorrent a piece fetched elsewhere; it checks the hash, writes and announces it."""
         with self._calls.call():
             self._entry(ih).handle.add_piece(piece, data, 0)

@@ -23,7 +23,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from huggingface_hub import hf_hub_download
 
-from hfbt.agent.pieces import PieceFetcher, TicketHolder, piece_urls
+import hfbt.agent.pieces as pieces_module
+from hfbt.agent.pieces import PieceBuffers, PieceFetcher, TicketHolder, piece_urls
 from hfbt.cluster import LocalCluster, free_port
 from hfbt.manifest import PIECE_LENGTH
 from hfbt.seed.pieces import PieceBook, serve
@@ -194,8 +195,8 @@ class _TakerSwarm:
     def pieces_without_source(self, ih: str) -> list[int]:
         return [p for p in range(self.pieces) if p not in self.got]
 
-    def add_piece(self, ih: str, piece: int, data: bytes) -> None:
-        self.got[piece] = data
+    def add_piece(self, ih: str, piece: int, data: bytes | bytearray) -> None:
+        self.got[piece] = bytes(data)  # as libtorrent does: the fetcher reuses its buffer afterwards
         self.on_piece(piece)
 
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
@@ -229,6 +230,37 @@ def test_a_renewed_ticket_reaches_a_fetcher_already_running(
     data = blob.read_bytes()
     assert b"".join(swarm.got[p] for p in range(3)) == data
     assert fetcher.fetched == 3 and swarm.trackers == []  # never refused, so never fell back to BT
+
+
+class _CountingBuffers(PieceBuffers):
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if not self._free:
+                self.made += 1
+        return super().take()
+
+
+def test_piece_bodies_are_read_into_reused_buffers(
+    tmp_path: Path, signer: TicketSigner, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new 4 MiB body per piece, kept alive by httpx's reference cycles until a garbage collection,
+    # was most of a node's memory; the fetcher now reads every body into one of a few buffers.
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(12 * PIECE_LENGTH + 7))  # 13 pieces, the last one short
+    buffers = _CountingBuffers()
+    monkeypatch.setattr(pieces_module, "BUFFERS", buffers)
+    base, _served = _serving(big, signer, clock)
+    ticket = signer.mint("node1", IH, "node", ttl=600)[0]
+    holder = TicketHolder(f"http://tracker.test/announce/{ticket}", ticket, pieces=True)
+    swarm = _TakerSwarm(13)
+    PieceFetcher(swarm, IH, [base.removesuffix("/v1/pieces")], holder).start()  # type: ignore[arg-type]
+    _wait_for(lambda: len(swarm.got) == 13, seconds=30)
+    assert b"".join(swarm.got[p] for p in range(13)) == big.read_bytes()
+    assert 1 <= buffers.made <= 3, buffers.made  # one per request in flight or being handed over
 
 
 def test_a_refused_ticket_sends_the_node_to_the_bt_seed_without_its_piece_role(
