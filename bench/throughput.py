@@ -7,6 +7,9 @@ link leaves as the bound in a real cluster. Real processes (`hfbt serve-dir`, a 
 seed, agents, embedded `hfbt pull`s, curl, huggingface_hub). Cases, in this order per run:
 
 - curl: `curl -o /dev/null` from serve-dir (the machine's ceiling for one HTTP stream);
+- cp: `cp` of the origin's file into a new folder (what writing the bytes costs here: every client
+  below writes them; on this VM, fresh page-cache pages cost ~4-5 s of system CPU per GiB when the
+  host has reclaimed them, which is why each case's system CPU is listed apart);
 - hf_hub: `huggingface_hub.snapshot_download` from serve-dir (what users do without hfbt);
 - pull_cold: `hfbt pull` while the seed mirrors the file (it also makes the seed warm);
 - pull_1: `hfbt pull`, warm seed -> 1 node;
@@ -49,6 +52,7 @@ NAME = "model.safetensors"
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = (
     "curl",
+    "cp",
     "hf_hub",
     "pull_cold",
     "pull_1",
@@ -114,6 +118,7 @@ class Watched:
 class Finished:
     wall_s: float
     cpu_s: float
+    sys_s: float
     peak_rss_mb: float
     output: str
 
@@ -144,7 +149,7 @@ def run_command(args: list[str], env: dict[str, str] | None = None, timeout: flo
         text = out.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args[:4])} failed ({proc.returncode}):\n{text[-3000:]}")
-    return Finished(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text)
+    return Finished(wall, usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_maxrss / 1024, text)
 
 
 # --- the clients ------------------------------------------------------------------------------------
@@ -197,6 +202,8 @@ def _row(case: str, size: int, wall: float, node: dict | None, servers: dict, no
     row = {"case": case, "wall_s": round(wall, 3), "mb_per_s": round(size / wall / 1e6, 1)}
     roles = {**({"node": node} if node else {}), **servers}
     row["cpu_s_per_gib"] = {r: round(v["cpu_s"] / gib, 2) for r, v in roles.items()}
+    if node and "sys_s" in node:
+        row["node_sys_s_per_gib"] = round(node["sys_s"] / gib, 2)
     row["peak_rss_mb"] = {r: v["peak_rss_mb"] for r, v in roles.items()}
     return row
 
@@ -225,6 +232,12 @@ def one_run(work: Path, size: int, cases: set[str]) -> list[dict]:
             with Watched({"origin": [origin_proc.popen.pid]}).case() as servers:
                 f = run_command(["curl", "-sf", "-o", "/dev/null", origin_url + file_url])
             rows.append(_row("curl", size, f.wall_s, usage(f), servers))
+        if "cp" in cases:
+            copy = scratch("cp")
+            copy.mkdir(parents=True)
+            f = run_command(["cp", str(origin / "models" / REPO / NAME), str(copy / NAME)])
+            rows.append(_row("cp", size, f.wall_s, usage(f), {}))
+            shutil.rmtree(copy, ignore_errors=True)
         if "hf_hub" in cases:
             with Watched({"origin": [origin_proc.popen.pid]}).case() as servers:
                 f = run_command([sys.executable, "-c", HF_HUB, REPO, origin_url, str(scratch("hf"))])
@@ -271,7 +284,7 @@ def one_run(work: Path, size: int, cases: set[str]) -> list[dict]:
 
 
 def usage(f: Finished) -> dict:
-    return {"cpu_s": f.cpu_s, "peak_rss_mb": round(f.peak_rss_mb, 1)}
+    return {"cpu_s": f.cpu_s, "sys_s": f.sys_s, "peak_rss_mb": round(f.peak_rss_mb, 1)}
 
 
 def _two_at_once(cluster: LocalCluster, watched: Watched, scratch: Callable, size: int) -> dict:
@@ -285,7 +298,11 @@ def _two_at_once(cluster: LocalCluster, watched: Watched, scratch: Callable, siz
             done = [f.result() for f in futures]
         wall = time.perf_counter() - start
     slowest = max(d.wall_s for d in done)
-    node = {"cpu_s": sum(d.cpu_s for d in done), "peak_rss_mb": round(max(d.peak_rss_mb for d in done), 1)}
+    node = {
+        "cpu_s": sum(d.cpu_s for d in done),
+        "sys_s": sum(d.sys_s for d in done),
+        "peak_rss_mb": round(max(d.peak_rss_mb for d in done), 1),
+    }
     row = _row("pull_2", size, slowest, node, servers, nodes=2)
     row["per_node_mb_per_s"] = [round(size / d.wall_s / 1e6, 1) for d in done]
     row["both_done_s"] = round(wall, 3)
@@ -327,7 +344,7 @@ def summarize(runs: list[list[dict]]) -> dict:
 
 def table(summary: dict) -> str:
     lines = [
-        "| case | MB/s | node CPU s/GiB | seed CPU s/GiB | node peak RSS MB | seed peak RSS MB |",
+        "| case | MB/s | node CPU s/GiB (system) | seed CPU s/GiB | node peak RSS MB | seed peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case, r in summary.items():
@@ -335,10 +352,14 @@ def table(summary: dict) -> str:
         serving = "seed" if "seed" in cpu else "holders" if "holders" in cpu else "origin"
         who = "" if serving == "seed" else f" ({serving})"
         lines.append(
-            f"| {case} | {r['mb_per_s']} | {cpu.get('node', '–')} | {cpu.get(serving, '–')}{who}"
+            f"| {case} | {r['mb_per_s']} | {cpu.get('node', '–')}{sys_part(r)} | {cpu.get(serving, '–')}{who}"
             f" | {rss.get('node', '–')} | {rss.get(serving, '–')} |"
         )
     return "\n".join(lines)
+
+
+def sys_part(row: dict) -> str:
+    return f" ({row['node_sys_s_per_gib']})" if "node_sys_s_per_gib" in row else ""
 
 
 def plot(summary: dict, out: Path, size: int) -> Path | None:
