@@ -149,16 +149,16 @@ class SwarmConfig:
     socket_buffer_kb: int = SOCKET_BUFFER_KB
     # Raw libtorrent settings_pack overrides (--lt-setting NAME=VALUE), applied last: for tuning.
     lt_settings: dict[str, int | bool | str] = field(default_factory=dict)
-    disk_io: str = "default"  # libtorrent's disk backend, one of DISK_IO_BACKENDS
+    disk_io: str = "posix"  # libtorrent's disk backend, one of DISK_IO_BACKENDS
 
 
-# libtorrent 2.1's disk backends. bench.throughput, 1 GiB over BitTorrent only: "posix" halves a node's
-# peak RSS (91-103 MB against 206-212) for 10-15 % less intake; figures in bench/README.md.
+# libtorrent 2.1's disk backends. "posix" (plain pread/pwrite, no cache of its own) is the default: it
+# halves a node's and a seed's peak memory for the same intake within noise (bench/README.md).
 DISK_IO_BACKENDS = ("default", "pread", "posix", "mmap")
 OPT_DISK_IO = Setting(
     "--disk-io",
     "HFBT_DISK_IO",
-    "libtorrent disk backend: default, pread, posix (least memory) or mmap.",
+    "libtorrent disk backend: posix (least memory), default (libtorrent's own), pread or mmap.",
 )
 
 
