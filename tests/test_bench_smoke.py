@@ -37,6 +37,7 @@ def test_bound_per_mode() -> None:
     assert warm == pytest.approx(f * 8 / 100e6)  # F/U: the seed's link (and every node's) is U
     assert cold == pytest.approx(f * 8 / 50e6)  # F/B: the first copy crosses the origin's link
     assert metrics.bound_for("http", 8, f, 50, 100) == pytest.approx(cold)
+    assert metrics.bound_for("embedded", 8, f, 50, 100) == pytest.approx(warm)  # warm, without agents
     # many nodes: N·F/(u_s + N·U) → F/U from below; a fast origin makes the node links the limit
     assert metrics.bound_for("cold", 12, f, 1000, 100) == pytest.approx(f * 8 / 100e6)
     with pytest.raises(ValueError):

@@ -74,12 +74,20 @@ def test_embedded_pull_of_a_dataset_with_filters(deployment: Deployment, tmp_pat
         ),
         "--agent",
         "none",
+        "--log-level",
+        "info",
     )
     assert r.returncode == 0, r.stderr
     snap = Path(r.stdout.strip().splitlines()[-1])
     originals = files_of(deployment.dataset_dir)
     want = {p: b for p, b in originals.items() if p.startswith("data/") and not p.endswith(".csv")}
     assert want and files_of(snap) == want
+    # What the cluster bench reads of an embedded pull: when it was done, and what it took and gave.
+    assert "event=pull_done repo=" + DATASET in r.stderr
+    (totals,) = re.findall(r"event=pull_exit .*", r.stderr)
+    fields = dict(kv.split("=") for kv in totals.split()[1:])
+    assert int(fields["downloaded"]) >= sum(len(b) for b in want.values())
+    assert int(fields["uploaded"]) >= 0 and float(fields["lingered_s"]) >= 0
     assert_cache_valid(cache)
     offline = snapshot_download(
         DATASET,
