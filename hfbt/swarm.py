@@ -7,14 +7,16 @@ Settings are tuned for a private LAN swarm: TCP only (uTP ran at
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import libtorrent as lt
 
@@ -65,6 +67,22 @@ class _Calls:
         with self._cond:
             self._closed = True
             return self._cond.wait_for(lambda: self._inside == 0, timeout)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _inside_libtorrent(method: Callable[Concatenate[Swarm, P], R]) -> Callable[Concatenate[Swarm, P], R]:
+    """A Swarm method that only calls libtorrent (milliseconds), run as one call through the gate.
+    Methods that wait on an alert afterwards gate their libtorrent call alone, not the wait."""
+
+    @functools.wraps(method)
+    def gated(self: Swarm, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._calls.call():
+            return method(self, *args, **kwargs)
+
+    return gated
 
 
 @dataclass
@@ -177,12 +195,13 @@ class Swarm:
         self._thread.start()
 
     @property
+    @_inside_libtorrent
     def listen_port(self) -> int:
-        with self._calls.call():
-            return self._ses.listen_port()
+        return self._ses.listen_port()
 
     # --- adding and removing -------------------------------------------------------------------
 
+    @_inside_libtorrent
     def add(
         self,
         torrent: bytes,
@@ -199,17 +218,6 @@ class Swarm:
         trackers: announce with exactly these (an empty list: none yet), not the torrent's own
         announce URL nor one in resume data, whose ticket may have expired; None: the torrent's own.
         """
-        with self._calls.call():
-            return self._add(torrent, save_path, file_name, seeding, trackers)
-
-    def _add(
-        self,
-        torrent: bytes,
-        save_path: Path,
-        file_name: str | None,
-        seeding: bool,
-        trackers: list[str] | None,
-    ) -> str:
         ti = lt.torrent_info(lt.bdecode(torrent))
         ih = str(ti.info_hashes().v1)
         with self._lock:
@@ -245,69 +253,67 @@ class Swarm:
             log.warning("event=resume_unreadable info_hash=%s error=%r", ih, e)
             return None
 
+    @_inside_libtorrent
     def remove(self, ih: str) -> None:
         with self._lock:
             entry = self._entries.pop(ih, None)
         if entry is None:
             return
-        with self._calls.call():
-            st = entry.handle.status()
-            self._removed_up += st.total_payload_upload
-            self._removed_down += st.total_payload_download
-            self._ses.remove_torrent(entry.handle)
+        st = entry.handle.status()
+        self._removed_up += st.total_payload_upload
+        self._removed_down += st.total_payload_download
+        self._ses.remove_torrent(entry.handle)
         if self._resume_dir:
             (self._resume_dir / f"{ih}.resume").unlink(missing_ok=True)
 
+    @_inside_libtorrent
     def reannounce(self, ih: str) -> None:
         # A node can announce a moment before the seed does and get no peers; waiting a whole
         # announce interval for the next try would stall the pull.
-        with self._calls.call():
-            self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        self._entry(ih).handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
+    @_inside_libtorrent
     def super_seed(self, ih: str) -> None:
         """Super seeding (BEP 16) for a complete torrent: each peer is shown only pieces no other peer
         has been given yet, so the swarm, not the seed, spreads the copies."""
-        with self._calls.call():
-            self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
+        self._entry(ih).handle.set_flags(lt.torrent_flags.super_seeding)
 
+    @_inside_libtorrent
     def add_piece(self, ih: str, piece: int, data: bytes | bytearray) -> None:
         """Hand libtorrent a piece fetched elsewhere; it checks the hash, writes and announces it."""
-        with self._calls.call():
-            self._entry(ih).handle.add_piece(piece, data, 0)
+        self._entry(ih).handle.add_piece(piece, data, 0)
         with self._lock:
             self._added_down += len(data)
 
+    @_inside_libtorrent
     def pieces_without_source(self, ih: str) -> list[int]:
         """Pieces this node lacks that no connected peer has either."""
-        with self._calls.call():
-            have = self._entry(ih).handle.status(lt.status_flags_t.query_pieces).pieces
+        have = self._entry(ih).handle.status(lt.status_flags_t.query_pieces).pieces
         avail = self.availability(ih)
         return [i for i, (got, n) in enumerate(zip(have, avail, strict=False)) if not got and n == 0]
 
+    @_inside_libtorrent
     def availability(self, ih: str) -> list[int]:
         """How many connected peers have each piece."""
-        with self._calls.call():
-            return list(self._entry(ih).handle.piece_availability())
+        return list(self._entry(ih).handle.piece_availability())
 
+    @_inside_libtorrent
     def interested_peers(self) -> int:
         """Connected peers, over every torrent, that want a piece this node has."""
         n = 0
         for ih in self.info_hashes():
             try:
-                with self._calls.call():
-                    peers = self._entry(ih).handle.get_peer_info()
-            except SwarmError:
-                raise
+                peers = self._entry(ih).handle.get_peer_info()
             except Exception:  # removed meanwhile: SwarmError, or libtorrent's invalid handle
                 continue
             n += sum(1 for p in peers if p.flags & lt.peer_info.remote_interested)
         return n
 
+    @_inside_libtorrent
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
-        with self._calls.call():
-            h = self._entry(ih).handle
-            h.replace_trackers([{"url": u} for u in urls])
-            h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+        h = self._entry(ih).handle
+        h.replace_trackers([{"url": u} for u in urls])
+        h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def has(self, ih: str) -> bool:
         with self._lock:
@@ -351,13 +357,13 @@ class Swarm:
                     waiters.remove(fut)
             raise SwarmError(f"piece {piece} of {ih} did not arrive within {timeout:.0f}s") from None
 
+    @_inside_libtorrent
     def read_ahead(self, ih: str, pieces: range, step_ms: int = 200) -> None:
         """Ask for the pieces a reader needs next, in reading order, before it asks for each."""
-        with self._calls.call():
-            handle = self._entry(ih).handle
-            for i, p in enumerate(pieces):
-                if not handle.have_piece(p):
-                    handle.set_piece_deadline(p, (i + 1) * step_ms, 0)
+        handle = self._entry(ih).handle
+        for i, p in enumerate(pieces):
+            if not handle.have_piece(p):
+                handle.set_piece_deadline(p, (i + 1) * step_ms, 0)
 
     def flush(self, ih: str, timeout: float = 60.0) -> None:
         """Wait until every verified piece is on disk.
@@ -403,10 +409,10 @@ class Swarm:
                 continue
         return out
 
+    @_inside_libtorrent
     def status(self, ih: str) -> TorrentStatus:
         entry = self._entry(ih)
-        with self._calls.call():
-            st = entry.handle.status()
+        st = entry.handle.status()
         return TorrentStatus(
             info_hash=ih,
             total=st.total_wanted,
