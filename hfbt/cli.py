@@ -127,13 +127,15 @@ tracker_app.add_typer(node_app, name="node")
 @tracker_app.callback(invoke_without_command=True)
 def tracker(
     ctx: typer.Context,
-    db: Annotated[Path, option(C.OPT_DB)] = C.TRACKER_DB,
+    db: Annotated[str, option(C.OPT_DB)] = str(C.TRACKER_DB),
+    peer_store: Annotated[str, option(C.OPT_PEER_STORE)] = C.TrackerConfig.peer_store,
     host: Host = C.DEFAULT_HOST,
     port: Annotated[int, option(C.OPT_TRACKER_PORT)] = C.TRACKER_PORT,
     public_url: Annotated[str | None, option(C.OPT_PUBLIC_URL)] = None,
     origin: Annotated[str, option(C.OPT_TRACKER_ORIGIN)] = C.DEFAULT_ORIGIN,
     ref_ttl: Annotated[float, option(C.OPT_REF_TTL)] = C.REF_TTL_S,
-    announce_interval: Annotated[int, option(C.OPT_ANNOUNCE_INTERVAL)] = C.ANNOUNCE_INTERVAL_S,
+    announce_interval: Annotated[int, option(C.OPT_ANNOUNCE_INTERVAL, min=1)] = C.ANNOUNCE_INTERVAL_S,
+    seeder_interval: Annotated[int, option(C.OPT_SEEDER_INTERVAL, min=0)] = C.TrackerConfig.seeder_interval,
     handout: Annotated[str, option(C.OPT_HANDOUT)] = C.TrackerConfig.handout,
     ticket_key: Annotated[Path | None, option(C.OPT_TICKET_KEY)] = None,
     ticket_ttl: Annotated[float, option(C.OPT_TICKET_TTL, min=5.0)] = C.TICKET_TTL_S,
@@ -162,6 +164,9 @@ def tracker(
         trust_announce_ip=trust_announce_ip,
         ref_ttl=ref_ttl,
         announce_interval=announce_interval,
+        seeder_interval=seeder_interval,
+        peer_store=peer_store,
+        redis_password=_secret(C.SECRET_REDIS_PASSWORD),
         handout=handout,
     )
     try:

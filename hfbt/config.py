@@ -77,6 +77,9 @@ SECRET_NODE_TOKEN = Secret(
     "HFBT_NODE_TOKEN",
     "This node's credential, from `hfbt tracker node add NAME`; it names the node. Agent, pull, prefetch.",
 )
+SECRET_REDIS_PASSWORD = Secret(
+    "HFBT_REDIS_PASSWORD", "Tracker: the password of the Redis server named by --peer-store (AUTH)."
+)
 SECRET_ORIGIN_TOKEN = Secret(
     "HFBT_ORIGIN_TOKEN", "serve-dir: serve the repos as private, readable only with this Bearer token."
 )
@@ -193,7 +196,23 @@ TRACKER_DB = Path("tracker.db")
 REF_TTL_S = 30.0
 ANNOUNCE_INTERVAL_S = 30
 
-OPT_DB = Setting("--db", "HFBT_DB", "SQLite registry file.")
+OPT_DB = Setting(
+    "--db",
+    "HFBT_DB",
+    "Registry: a SQLite file, or postgresql://user@host/db shared by tracker replicas (the password from"
+    " PGPASSWORD or PGPASSFILE, never in the URL).",
+)
+OPT_PEER_STORE = Setting(
+    "--peer-store",
+    "HFBT_PEER_STORE",
+    "Peer table: local (this process) or redis://host:6379/0 shared by tracker replicas (the password"
+    " from HFBT_REDIS_PASSWORD, never in the URL).",
+)
+OPT_SEEDER_INTERVAL = Setting(
+    "--seeder-interval",
+    "HFBT_SEEDER_INTERVAL",
+    "Seconds between a seeder's announces (0: as --announce-interval; an hour suits a shared --peer-store).",
+)
 OPT_TRACKER_PORT = Setting("--port", "HFBT_TRACKER_PORT", "HTTP port.")
 OPT_PUBLIC_URL = Setting(
     "--public-url", "HFBT_PUBLIC_URL", "Base URL written into .torrent files (default: the caller's)."
@@ -204,7 +223,9 @@ OPT_TRACKER_ORIGIN = Setting(
     "Hub endpoint that decides who may read a private or gated repo (the one the seeds mirror from).",
 )
 OPT_REF_TTL = Setting("--ref-ttl", "HFBT_REF_TTL", "Seconds a resolved branch/tag stays fresh.")
-OPT_ANNOUNCE_INTERVAL = Setting("--announce-interval", "HFBT_ANNOUNCE_INTERVAL", "Seconds between announces.")
+OPT_ANNOUNCE_INTERVAL = Setting(
+    "--announce-interval", "HFBT_ANNOUNCE_INTERVAL", "Seconds between a leecher's announces."
+)
 OPT_HANDOUT = Setting("--handout", "HFBT_HANDOUT", "Peer handout policy: random-mix or seed-fanout.")
 OPT_TICKET_KEY = Setting(
     "--ticket-key",
@@ -224,7 +245,7 @@ TICKET_TTL_S = 600.0
 
 @dataclass
 class TrackerConfig:
-    db: Path
+    db: str  # a SQLite path or a postgresql:// URL (tracker/db.py)
     host: str = DEFAULT_HOST
     port: int = TRACKER_PORT
     # Where users' Hub tokens are checked: the tracker's own setting, never what a seed reports.
@@ -238,7 +259,10 @@ class TrackerConfig:
     trust_announce_ip: bool = False
     public_url: str | None = None  # base URL written into .torrent files; default: the URL the caller used
     ref_ttl: float = REF_TTL_S
-    announce_interval: int = ANNOUNCE_INTERVAL_S
+    announce_interval: int = ANNOUNCE_INTERVAL_S  # leechers
+    seeder_interval: int = 0  # 0: as announce_interval
+    peer_store: str = "local"  # or a redis:// URL (tracker/peerstore/)
+    redis_password: str | None = field(default=None, repr=False)
     handout: str = "random-mix"  # peer handout policy, one of tracker.handout.POLICIES
 
 

@@ -209,9 +209,8 @@ class TrackerMetrics:
     def _state(self) -> Iterable[Metric]:
         now = time.time()
         seeders = leechers = 0
-        swarms = self._peers.info_hashes()
-        for h in swarms:
-            c = self._peers.counts(h, now)
+        swarms = self._peers.swarms()
+        for c in swarms.values():
             seeders += c.complete
             leechers += c.incomplete
         peers = GaugeMetricFamily("hfbt_tracker_peers", "Live peers in all swarms.", labels=["state"])

@@ -19,6 +19,9 @@ from hfbt.cluster import LocalCluster, free_port
 from hfbt.synth import make_dataset_repo, make_model_repo
 from hfbt.tickets import TicketSigner
 
+# Real servers some tests need, started only when a test asks for their fixture.
+pytest_plugins = ["tests.redisserver"]
+
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

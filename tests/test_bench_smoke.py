@@ -13,7 +13,7 @@ import pytest
 from bench import metrics
 from bench.cluster import Options, run_once
 from tracker.handout import seed_fanout
-from tracker.peers import Peer
+from tracker.peerstore import Peer
 
 MB = 1_000_000
 

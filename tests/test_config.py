@@ -95,6 +95,7 @@ def test_no_credential_is_a_flag() -> None:
         "HFBT_SEED_TOKEN",
         "HFBT_NODE_TOKEN",
         "HFBT_ORIGIN_TOKEN",
+        "HFBT_REDIS_PASSWORD",
     }
 
 

@@ -35,7 +35,7 @@ from tests.conftest import Clock, files_of, pull_cmd, run_hfbt
 from tests.test_status_metrics import scrape
 from tracker.announce import AnnounceError, parse_announce
 from tracker.handout import keep_roles_apart
-from tracker.peers import Peer
+from tracker.peerstore import Peer
 from tracker.torrentfile import torrent_file
 
 BIG = "acme/big"

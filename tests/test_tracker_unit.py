@@ -20,7 +20,7 @@ from tracker import announce as bt
 from tracker.app import create_app
 from tracker.handout import clamp_numwant, random_mix
 from tracker.mirror import MirrorFailed, Scheduler
-from tracker.peers import Peer, PeerStore, SwarmCounts
+from tracker.peerstore import Peer, SwarmCounts
 from tracker.registry import Registry
 from tracker.torrentfile import check_blob_torrent, torrent_file
 
@@ -240,24 +240,6 @@ def test_numwant_limits() -> None:
     assert len(random_mix(peer(1), cands, None)) == 50
     assert len(random_mix(peer(1), cands, 999)) == 200
     assert random_mix(peer(1), cands, 0) == []
-
-
-# -- peer table --------------------------------------------------------------------------------------
-
-
-def test_peer_store_upsert_counts_expire() -> None:
-    store = PeerStore(ttl=60)
-    store.upsert(IH, Peer(b"a" * 20, "10.0.0.1", 1, 0, 100.0))
-    store.upsert(IH, Peer(b"b" * 20, "10.0.0.2", 1, 5, 100.0), completed=True)
-    store.upsert(IH, Peer(b"b" * 20, "10.0.0.2", 1, 0, 150.0))
-    assert store.counts(IH, now=150) == SwarmCounts(2, 0, 1)
-    assert [p.peer_id for p in store.peers_for(IH, now=170)] == [b"b" * 20]  # a is stale
-    assert store.expire(now=170) == 1
-    # A restarted client (new peer_id, same address) replaces its old entry.
-    store.upsert(IH, Peer(b"c" * 20, "10.0.0.2", 1, 5, 171.0))
-    assert [p.peer_id for p in store.peers_for(IH, now=171)] == [b"c" * 20]
-    store.remove(IH, b"c" * 20)
-    assert store.peers_for(IH) == [] and store.info_hashes() == []
 
 
 # -- torrents ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 from fastbencode import bencode
 
 from hfbt.wire import ROLE_PARAM, ROLE_PIECES, ROLE_SEED, ROLES
-from tracker.peers import Peer, SwarmCounts
+from tracker.peerstore import Peer, SwarmCounts
 
 # BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})

@@ -40,9 +40,10 @@ from tracker.auth import NODE, OPERATOR, SEED, Auth, Caller, new_node_token, val
 from tracker.errors import ApiError, install_error_handlers
 from tracker.gate import AuthGate, roles
 from tracker.handout import POLICIES, Policy, keep_roles_apart
+from tracker.intervals import Intervals
 from tracker.limits import DEFAULT_MAX_BYTES, TRACKER_BODY_LIMITS, BodyLimit
 from tracker.mirror import MirrorFailed, NotFound, Scheduler
-from tracker.peers import Peer, PeerStore
+from tracker.peerstore import Peer, PeerIdTaken, PeerStore, PeerStoreError, open_peer_store
 from tracker.pieceservers import PieceServers, seed_piece_url
 from tracker.registry import JOB_STATES, Immutable, Registry
 from tracker.requestlog import RequestLog
@@ -124,8 +125,7 @@ class TrackerState:
     access: AccessChecker
     handout: Policy
     metrics: TrackerMetrics
-    interval: int  # announce interval handed to clients, seconds
-    min_interval: int
+    intervals: Intervals  # how soon each announcing peer comes back
 
 
 def ticket_key_path(cfg: TrackerConfig) -> Path:
@@ -138,9 +138,9 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
     registry = Registry(cfg.db)
     signer = TicketSigner(load_or_create_key(ticket_key_path(cfg))) if closed else None
     auth = Auth(cfg.operator_token, cfg.seed_token, registry.node_hash, signer, cfg.ticket_ttl)
-    peers = PeerStore(ttl=2 * cfg.announce_interval)
+    peers = open_peer_store(cfg.peer_store, cfg.redis_password)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
-    interval = max(1, int(cfg.announce_interval))
+    leecher_s = max(1, int(cfg.announce_interval))
     state = TrackerState(
         cfg=cfg,
         registry=registry,
@@ -151,8 +151,7 @@ def create_app(cfg: TrackerConfig) -> FastAPI:
         access=AccessChecker(cfg.origin),
         handout=POLICIES[cfg.handout],
         metrics=TrackerMetrics(peers, registry, JOB_STATES, scheduler.seed_timeout),
-        interval=interval,
-        min_interval=max(1, interval // 2),
+        intervals=Intervals(leecher_s, max(leecher_s, int(cfg.seeder_interval or leecher_s))),
     )
 
     app = FastAPI(
@@ -194,7 +193,7 @@ async def _housekeeping(state: TrackerState) -> None:
         await asyncio.sleep(HOUSEKEEPING_S)
         try:
             state.scheduler.reap_dead_seeds()
-            state.peers.expire()
+            state.peers.expire(time.time())
         except Exception:
             log.exception("event=housekeeping_failed")
 
@@ -220,6 +219,7 @@ def _lifespan(state: TrackerState) -> Callable[[FastAPI], AbstractAsyncContextMa
                 await task
             await state.access.aclose()
             state.registry.close()
+            state.peers.close()
 
     return lifespan
 
@@ -258,23 +258,24 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
             denied("role")
             return _bfail("only a seed's ticket announces as the seed", 403)
         now = time.time()
-        if a.event == "stopped":
-            peers.remove(a.info_hash, a.peer_id, node)
-            chosen: list[Peer] = []
-        else:
-            me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role, node)
-            if not peers.upsert(a.info_hash, me, completed=a.event == "completed"):
-                denied("peer_id")
-                return _bfail("this peer_id is another node's", 403)
-            chosen = state.handout(me, keep_roles_apart(me, peers.peers_for(a.info_hash, now)), a.numwant)
-        body = bt.announce_response(
-            chosen,
-            peers.counts(a.info_hash, now),
-            state.interval,
-            state.min_interval,
-            a.compact,
-            a.no_peer_id,
-        )
+        interval, min_interval = state.intervals.for_peer(a.left)
+        try:
+            if a.event == "stopped":
+                peers.remove(a.info_hash, a.peer_id, node)
+                chosen: list[Peer] = []
+                counts = peers.counts(a.info_hash)
+            else:
+                me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role, node, Intervals.ttl(interval))
+                sample = peers.announce(a.info_hash, me, a.event == "completed", now)
+                chosen = state.handout(me, keep_roles_apart(me, sample.peers), a.numwant)
+                counts = sample.counts
+        except PeerIdTaken:
+            denied("peer_id")
+            return _bfail("this peer_id is another node's", 403)
+        except PeerStoreError as e:
+            log.warning("event=peer_store_failed detail=%r", str(e))
+            return _bfail(f"{e}; retry later", 503)
+        body = bt.announce_response(chosen, counts, interval, min_interval, a.compact, a.no_peer_id)
         return Response(body, media_type=BENCODE_TYPE)
 
     @router.get("/scrape")
@@ -293,8 +294,10 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
         except TicketError as e:
             denied("ticket")
             return _bfail(str(e), 403)
-        now = time.time()
-        files = {h: peers.counts(h, now) for h in hashes if registry.has_torrent(h)}
+        try:
+            files = {h: peers.counts(h) for h in hashes if registry.has_torrent(h)}
+        except PeerStoreError as e:
+            return _bfail(f"{e}; retry later", 503)
         return Response(bt.scrape_response(files), media_type=BENCODE_TYPE)
 
     return router
@@ -538,10 +541,8 @@ def _api_routes(state: TrackerState) -> APIRouter:
 
     @api.get("/swarms")
     def swarms(caller: AsOperator) -> dict:
-        now = time.time()
         out = []
-        for h in state.peers.info_hashes():
-            c = state.peers.counts(h, now)
+        for h, c in state.peers.swarms().items():
             out.append(
                 {
                     "info_hash": h.hex(),

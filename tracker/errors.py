@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hfbt.manifest import ManifestError
+from tracker.peerstore import PeerStoreError
 from tracker.requestlog import redact_path
 
 # The logger of the tracker's HTTP surface: request lines and route errors share one name to filter on.
@@ -67,6 +68,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "HTTPError"), str(exc.detail))
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # A shared store (Redis, PostgreSQL) is down or slow: the caller retries, the tracker stays up.
+    log.warning("event=store_unavailable path=%s detail=%r", redact_path(request.url.path), str(exc))
+    return error_response(503, "Unavailable", f"{exc}; retry later", {"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after this handler, so uvicorn logs the traceback; this line names the route.
     log.error("event=internal_error path=%s error=%s", redact_path(request.url.path), type(exc).__name__)
@@ -79,6 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         (RequestValidationError, _validation_error),
         (ManifestError, _manifest_error),
         (StarletteHTTPException, _http_error),
+        (PeerStoreError, _store_unavailable),
         (Exception, _unexpected),
     ):
         app.exception_handler(exc_type)(handler)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from hfbt.wire import ROLE_PIECES, ROLE_SEED
 from tracker.announce import DEFAULT_NUMWANT, MAX_NUMWANT
-from tracker.peers import Peer
+from tracker.peerstore import Peer
 
 _RNG = random.Random()
 
@@ -78,7 +78,8 @@ def seed_fanout(
 ) -> list[Peer]:
     """random_mix, but each seeder is handed to (and gets) only the first `fanout` leechers.
 
-    `candidates` come in first-announce order (PeerStore keeps insertion order), so the chosen
+    `candidates` come in first-announce order (the local PeerStore keeps it while a swarm fits in one
+    sample, which covers the clusters this policy was measured on), so the chosen
     leechers stay the same while others join. When a chosen leecher completes, the next leecher in
     line takes its place, so no leecher is cut off from the seeders for good.
 
