@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 
-from tracker.peerstore import SAMPLE_PER_KIND, Peer, PeerIdTaken, Sample, SwarmCounts
+from tracker.peerstore.peer import SAMPLE_PER_KIND, Peer, PeerIdTaken, Sample, SwarmCounts
 
 
 class _Bag:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import redis
 
-from tracker.peerstore import SAMPLE_PER_KIND, Peer, PeerIdTaken, PeerStoreError, Sample, SwarmCounts
+from tracker.peerstore.peer import SAMPLE_PER_KIND, Peer, PeerIdTaken, PeerStoreError, Sample, SwarmCounts
 
 PREFIX = "hfbt:peers:"
 SWARMS = PREFIX + "swarms"
