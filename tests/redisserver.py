@@ -16,17 +16,14 @@ from hfbt.cluster import free_port
 REDIS_SERVER = shutil.which("redis-server")
 
 
-def start_redis(workdir: Path, password: str | None = None) -> tuple[subprocess.Popen, int]:
-    """redis-server with no persistence, bound to loopback; the password (if any) is given on stdin's
-    config, not in argv, as a deployment would keep it out of `ps`."""
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """redis-server with no persistence, bound to loopback, configured from a file in `workdir`."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "redis.conf"
     lines = [f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly no", f"dir {workdir}"]
-    if password:
-        lines.append(f"requirepass {password}")
     conf.write_text("\n".join(lines) + "\n")
     conf.chmod(0o600)
     proc = subprocess.Popen([REDIS_SERVER, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -231,6 +231,12 @@ def _bfail(reason: str, status: int = 400) -> Response:
     return Response(bt.failure(reason), status_code=status, media_type=BENCODE_TYPE)
 
 
+def _bunavailable(e: PeerStoreError) -> Response:
+    """The shared peer store is down: one line, and a failure reason the client retries after."""
+    log.warning("event=peer_store_failed detail=%r", str(e))
+    return _bfail(f"{e}; retry later", 503)
+
+
 def _bittorrent_routes(state: TrackerState) -> APIRouter:
     router = APIRouter()
     peers, registry = state.peers, state.registry
@@ -273,8 +279,7 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
             denied("peer_id")
             return _bfail("this peer_id is another node's", 403)
         except PeerStoreError as e:
-            log.warning("event=peer_store_failed detail=%r", str(e))
-            return _bfail(f"{e}; retry later", 503)
+            return _bunavailable(e)
         body = bt.announce_response(chosen, counts, interval, min_interval, a.compact, a.no_peer_id)
         return Response(body, media_type=BENCODE_TYPE)
 
@@ -297,7 +302,7 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
         try:
             files = {h: peers.counts(h) for h in hashes if registry.has_torrent(h)}
         except PeerStoreError as e:
-            return _bfail(f"{e}; retry later", 503)
+            return _bunavailable(e)
         return Response(bt.scrape_response(files), media_type=BENCODE_TYPE)
 
     return router

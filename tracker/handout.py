@@ -78,10 +78,11 @@ def seed_fanout(
 ) -> list[Peer]:
     """random_mix, but each seeder is handed to (and gets) only the first `fanout` leechers.
 
-    `candidates` come in first-announce order (the local PeerStore keeps it while a swarm fits in one
-    sample, which covers the clusters this policy was measured on), so the chosen
-    leechers stay the same while others join. When a chosen leecher completes, the next leecher in
-    line takes its place, so no leecher is cut off from the seeders for good.
+    `candidates` come in the store's order: the local PeerStore returns a swarm that fits in one sample
+    whole, in first-announce order until a peer leaves (the last one then takes the leaver's place), so
+    the chosen leechers stay the same while others join. When a chosen leecher completes, another
+    leecher takes its place, so no leecher is cut off from the seeders for good. The Redis store's
+    samples are in no order: this policy is for the local store.
 
     Not the default: the chosen leechers fetch nearly everything from the seeder, so it sends more
     copies, not fewer (bench/README.md has the figures). Kept to reproduce that result.

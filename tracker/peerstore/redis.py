@@ -20,13 +20,14 @@ SWARMS = PREFIX + "swarms"
 EXPIRE_PER_CALL = 16
 SOCKET_TIMEOUT_S = 2.0
 
-# KEYS: s l o a x d swarms. ARGV: peer_id value owner addr seeder expires now completed sample limit
-# keep_s ih. owner = node .. "\n" .. addr.
-_ANNOUNCE = """
-local s, l, o, a, x, d, swarms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local pid, value, owner, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local seeder, expires, now = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
-local node = string.match(owner, '^([^\\n]*)')
+# Shared by every script: the swarm's first five keys, who owns an entry, dropping one entry with its
+# address index, and dropping the entries past their expiry (at most `limit`).
+_COMMON = """
+local s, l, o, a, x = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+local function node_of(own)
+  return string.match(own, '^([^\\n]*)')
+end
 
 local function drop(id)
   local own = redis.call('HGET', o, id)
@@ -40,15 +41,32 @@ local function drop(id)
   end
 end
 
+local function expire_before(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', x, '-inf', '(' .. now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do drop(id) end
+  return #ids
+end
+"""
+
+# KEYS: s l o a x d swarms. ARGV: peer_id value owner addr seeder expires now completed sample limit
+# keep_s ih. owner = node .. "\n" .. addr.
+_ANNOUNCE = (
+    _COMMON
+    + """
+local d, swarms = KEYS[6], KEYS[7]
+local pid, value, owner, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local seeder, expires, now = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+local node = node_of(owner)
+
 local old = redis.call('HGET', o, pid)
-if old and string.match(old, '^([^\\n]*)') ~= node then
+if old and node_of(old) ~= node then
   local exp = redis.call('ZSCORE', x, pid)
   if exp and tonumber(exp) >= now then return {0} end
 end
 local there = redis.call('HGET', a, addr)
 if there and there ~= pid then
   local own = redis.call('HGET', o, there)
-  if own and string.match(own, '^([^\\n]*)') == node then drop(there) end
+  if own and node_of(own) == node then drop(there) end
 end
 if old and old ~= owner then drop(pid) end
 if seeder then
@@ -62,9 +80,7 @@ redis.call('HSET', o, pid, owner)
 redis.call('HSET', a, addr, pid)
 redis.call('ZADD', x, expires, pid)
 if ARGV[8] == '1' then redis.call('INCR', d) end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', x, '-inf', '(' .. now, 'LIMIT', 0, tonumber(ARGV[10]))) do
-  drop(id)
-end
+expire_before(now, tonumber(ARGV[10]))
 local keep = tonumber(ARGV[11])
 for _, k in ipairs({s, l, o, a, x, d}) do redis.call('EXPIRE', k, keep, 'GT') end
 for _, k in ipairs({s, l, o, a, x, d}) do redis.call('EXPIRE', k, keep, 'NX') end
@@ -73,36 +89,26 @@ local n = tonumber(ARGV[9])
 return {1, redis.call('HRANDFIELD', s, n, 'WITHVALUES'), redis.call('HRANDFIELD', l, n, 'WITHVALUES'),
         redis.call('HLEN', s), redis.call('HLEN', l), redis.call('GET', d) or '0'}
 """
+)
 
 # KEYS: s l o a x. ARGV: peer_id node
-_REMOVE = """
-local own = redis.call('HGET', KEYS[3], ARGV[1])
-if not own or string.match(own, '^([^\\n]*)') ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-local at = string.match(own, '\\n(.*)$')
-if at and redis.call('HGET', KEYS[4], at) == ARGV[1] then redis.call('HDEL', KEYS[4], at) end
+_REMOVE = (
+    _COMMON
+    + """
+local own = redis.call('HGET', o, ARGV[1])
+if not own or node_of(own) ~= ARGV[2] then return 0 end
+drop(ARGV[1])
 return 1
 """
+)
 
 # KEYS: s l o a x. ARGV: now limit
-_EXPIRE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do
-  local own = redis.call('HGET', KEYS[3], id)
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('ZREM', KEYS[5], id)
-  if own then
-    local at = string.match(own, '\\n(.*)$')
-    if at and redis.call('HGET', KEYS[4], at) == id then redis.call('HDEL', KEYS[4], at) end
-  end
-end
-return #ids
+_EXPIRE = (
+    _COMMON
+    + """
+return expire_before(tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
+)
 
 
 def _keys(info_hash: bytes) -> list[str]:
