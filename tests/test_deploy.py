@@ -40,8 +40,9 @@ CLI = typer.main.get_command(app)
 
 OPERATOR, SEED, NODE = (C.SECRET_OPERATOR_TOKEN.env, C.SECRET_SEED_TOKEN.env, C.SECRET_NODE_TOKEN.env)
 ORIGIN = C.SECRET_ORIGIN_TOKEN.env  # serve-dir's, a test origin's: no deployment sets it
+REDIS = C.SECRET_REDIS_PASSWORD.env  # a tracker's with --peer-store redis://: no deployment sets it yet
 SECRETS = {s.env for s in vars(C).values() if isinstance(s, C.Secret)}
-assert SECRETS == {OPERATOR, SEED, NODE, ORIGIN}
+assert SECRETS == {OPERATOR, SEED, NODE, ORIGIN, REDIS}
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # What the compose file is validated with: any value will do, they are only interpolated.
 COMPOSE_TEST_ENV = {OPERATOR: "compose-config-operator", SEED: "compose-config-seed"}
