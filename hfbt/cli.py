@@ -148,6 +148,7 @@ def tracker(
     _setup_logs(log_level)
     from tracker.handout import POLICIES
     from tracker.server import serve
+    from tracker.unavailable import StoreUnavailable
 
     if handout not in POLICIES:
         _fail(HfbtError("BadRequest", f"--handout must be one of {', '.join(POLICIES)}, not {handout!r}"))
@@ -171,6 +172,8 @@ def tracker(
     )
     try:
         serve(cfg)
+    except StoreUnavailable as e:
+        _fail(HfbtError("Unavailable", str(e)))
     except (HfbtError, ValueError) as e:
         _fail(e if isinstance(e, HfbtError) else HfbtError("BadConfig", str(e)))
 

@@ -20,7 +20,7 @@ from hfbt.synth import make_dataset_repo, make_model_repo
 from hfbt.tickets import TicketSigner
 
 # Real servers some tests need, started only when a test asks for their fixture.
-pytest_plugins = ["tests.redisserver"]
+pytest_plugins = ["tests.redisserver", "tests.pgserver"]
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -226,3 +226,11 @@ def clock() -> Clock:
 def signer(clock: Clock) -> TicketSigner:
     """The tracker's side: the key that mints every ticket a test shows."""
     return TicketSigner(Ed25519PrivateKey.generate(), clock)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The registry's --db: a SQLite file (one tracker) or a fresh PostgreSQL database (replicas)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "r.db")
+    return request.getfixturevalue("pg_url")

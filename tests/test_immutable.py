@@ -17,7 +17,7 @@ from hfbt.config import TrackerConfig
 from hfbt.hashing import git_blob_sha1_bytes
 from hfbt.manifest import PIECE_LENGTH, Manifest
 from tracker.app import create_app
-from tracker.registry import Immutable, Registry
+from tracker.registry import Immutable, open_registry
 
 COMMIT = "c" * 40
 SMALL = b'{"model_type": "synth"}\n'
@@ -65,8 +65,8 @@ def changed_manifests() -> list[tuple[str, dict]]:
 
 
 @pytest.mark.parametrize(("change", "body"), changed_manifests())
-def test_a_registered_commit_cannot_change(tmp_path: Path, change: str, body: dict) -> None:
-    reg = Registry(tmp_path / "r.db")
+def test_a_registered_commit_cannot_change(registry_db: str, change: str, body: dict) -> None:
+    reg = open_registry(registry_db)
     before = reg.register_revision(Manifest.from_dict(manifest_dict()), ref="main")
     with pytest.raises(Immutable) as refused:
         reg.register_revision(Manifest.from_dict(body), ref="main")
@@ -75,8 +75,8 @@ def test_a_registered_commit_cannot_change(tmp_path: Path, change: str, body: di
     reg.close()
 
 
-def test_the_same_manifest_again_is_a_no_op_and_keeps_the_torrents(tmp_path: Path) -> None:
-    reg = Registry(tmp_path / "r.db")
+def test_the_same_manifest_again_is_a_no_op_and_keeps_the_torrents(registry_db: str) -> None:
+    reg = open_registry(registry_db)
     reg.register_revision(Manifest.from_dict(manifest_dict()), ref="main")
     big = manifest_dict()["files"][1]
     reg.add_torrent(

@@ -37,17 +37,19 @@ from hfbt.wire import ROLE_PIECES, ROLE_SEED, with_role
 from tracker import announce as bt
 from tracker.access import AccessChecker, probe_path, require_any_hub_access, require_hub_access
 from tracker.auth import NODE, OPERATOR, SEED, Auth, Caller, new_node_token, valid_node_name
+from tracker.db import is_url
 from tracker.errors import ApiError, install_error_handlers
 from tracker.gate import AuthGate, roles
 from tracker.handout import POLICIES, Policy, keep_roles_apart
 from tracker.intervals import Intervals
 from tracker.limits import DEFAULT_MAX_BYTES, TRACKER_BODY_LIMITS, BodyLimit
-from tracker.mirror import MirrorFailed, NotFound, Scheduler
-from tracker.peerstore import Peer, PeerIdTaken, PeerStore, PeerStoreError, open_peer_store
+from tracker.mirror import SHARED_POLL_S, MirrorFailed, NotFound, Scheduler
+from tracker.peerstore import Peer, PeerIdTaken, PeerStore, open_peer_store
 from tracker.pieceservers import PieceServers, seed_piece_url
-from tracker.registry import JOB_STATES, Immutable, Registry
+from tracker.registry import JOB_STATES, Immutable, Registry, open_registry
 from tracker.requestlog import RequestLog
 from tracker.torrentfile import torrent_file
+from tracker.unavailable import StoreUnavailable
 
 log = logging.getLogger("tracker.app")
 
@@ -129,14 +131,22 @@ class TrackerState:
 
 
 def ticket_key_path(cfg: TrackerConfig) -> Path:
+    if cfg.ticket_key:
+        return Path(cfg.ticket_key)
+    if is_url(cfg.db):
+        # Replicas must sign with one key, or a ticket from one is refused by the next.
+        raise ValueError(
+            "a closed tracker on a postgresql:// --db needs --ticket-key, the same file in every replica"
+        )
     db = Path(cfg.db)
-    return Path(cfg.ticket_key) if cfg.ticket_key else db.with_name(db.name + ".ticket-key")
+    return db.with_name(db.name + ".ticket-key")
 
 
 def create_app(cfg: TrackerConfig) -> FastAPI:
     closed = bool(cfg.operator_token or cfg.seed_token)
-    registry = Registry(cfg.db)
-    signer = TicketSigner(load_or_create_key(ticket_key_path(cfg))) if closed else None
+    key = ticket_key_path(cfg) if closed else None  # before any connection: a bad config fails first
+    registry = open_registry(cfg.db)
+    signer = TicketSigner(load_or_create_key(key)) if key else None
     auth = Auth(cfg.operator_token, cfg.seed_token, registry.node_hash, signer, cfg.ticket_ttl)
     peers = open_peer_store(cfg.peer_store, cfg.redis_password)
     scheduler = Scheduler(registry, ref_ttl=cfg.ref_ttl)
@@ -188,21 +198,30 @@ def _denied(state: TrackerState) -> Callable[[str], None]:
 # -- lifecycle -----------------------------------------------------------------------------------
 
 
-async def _housekeeping(state: TrackerState) -> None:
+def _housekeeping(state: TrackerState) -> None:
+    state.scheduler.reap_dead_seeds()
+    state.peers.expire(time.time())
+
+
+async def _every(period: float, work: Callable[[], None], name: str) -> None:
     while True:
-        await asyncio.sleep(HOUSEKEEPING_S)
+        await asyncio.sleep(period)
         try:
-            state.scheduler.reap_dead_seeds()
-            state.peers.expire(time.time())
+            work()
+        except StoreUnavailable as e:
+            log.warning("event=%s_failed detail=%r", name, str(e))  # an outage: one line, retried
         except Exception:
-            log.exception("event=housekeeping_failed")
+            log.exception("event=%s_failed", name)
 
 
 def _lifespan(state: TrackerState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.loop = asyncio.get_running_loop()  # for the signal handler in tracker/server.py
-        task = asyncio.create_task(_housekeeping(state))
+        tasks = [asyncio.create_task(_every(HOUSEKEEPING_S, lambda: _housekeeping(state), "housekeeping"))]
+        if state.registry.shared:
+            poll = state.scheduler.poll_registry
+            tasks.append(asyncio.create_task(_every(SHARED_POLL_S, poll, "registry_poll")))
         cfg = state.cfg
         log.info("event=tracker_started db=%s auth=%s ref_ttl=%s", cfg.db, state.auth.enabled, cfg.ref_ttl)
         if not state.auth.enabled:
@@ -214,9 +233,10 @@ def _lifespan(state: TrackerState) -> Callable[[FastAPI], AbstractAsyncContextMa
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.access.aclose()
             state.registry.close()
             state.peers.close()
@@ -231,9 +251,9 @@ def _bfail(reason: str, status: int = 400) -> Response:
     return Response(bt.failure(reason), status_code=status, media_type=BENCODE_TYPE)
 
 
-def _bunavailable(e: PeerStoreError) -> Response:
-    """The shared peer store is down: one line, and a failure reason the client retries after."""
-    log.warning("event=peer_store_failed detail=%r", str(e))
+def _bunavailable(e: StoreUnavailable) -> Response:
+    """A shared store is down: one line, and a failure reason the client retries after."""
+    log.warning("event=store_unavailable detail=%r", str(e))
     return _bfail(f"{e}; retry later", 503)
 
 
@@ -257,8 +277,11 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
         except TicketError as e:
             denied("ticket")
             return _bfail(str(e), 403)
-        if not registry.has_torrent(a.info_hash):
-            return _bfail("unregistered torrent")
+        try:
+            if not registry.has_torrent(a.info_hash):
+                return _bfail("unregistered torrent")
+        except StoreUnavailable as e:
+            return _bunavailable(e)
         node = grant.node if grant else ""
         if grant and a.role == ROLE_SEED and grant.role != SEED:
             denied("role")
@@ -278,7 +301,7 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
         except PeerIdTaken:
             denied("peer_id")
             return _bfail("this peer_id is another node's", 403)
-        except PeerStoreError as e:
+        except StoreUnavailable as e:
             return _bunavailable(e)
         body = bt.announce_response(chosen, counts, interval, min_interval, a.compact, a.no_peer_id)
         return Response(body, media_type=BENCODE_TYPE)
@@ -301,7 +324,7 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
             return _bfail(str(e), 403)
         try:
             files = {h: peers.counts(h) for h in hashes if registry.has_torrent(h)}
-        except PeerStoreError as e:
+        except StoreUnavailable as e:
             return _bunavailable(e)
         return Response(bt.scrape_response(files), media_type=BENCODE_TYPE)
 

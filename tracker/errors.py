@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hfbt.manifest import ManifestError
-from tracker.peerstore import PeerStoreError
 from tracker.requestlog import redact_path
+from tracker.unavailable import StoreUnavailable
 
 # The logger of the tracker's HTTP surface: request lines and route errors share one name to filter on.
 log = logging.getLogger("tracker.app")
@@ -86,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         (RequestValidationError, _validation_error),
         (ManifestError, _manifest_error),
         (StarletteHTTPException, _http_error),
-        (PeerStoreError, _store_unavailable),
+        (StoreUnavailable, _store_unavailable),
         (Exception, _unexpected),
     ):
         app.exception_handler(exc_type)(handler)

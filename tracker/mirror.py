@@ -4,6 +4,11 @@ Jobs live in the registry (they survive a restart); what lives here is who is wa
 methods run on the event loop: the waits are asyncio events and the job decisions are plain synchronous
 registry calls with no await in between, so "look for an active job, else create one" cannot interleave
 (the registry's unique index on active jobs backs this up across processes).
+
+Replicas sharing one registry (PostgreSQL) learn of each other's changes by `poll_registry`, which the
+app runs every SHARED_POLL_S: one query for all the jobs this replica's nodes wait on, one for whether a
+job is queued while seeds wait here. Waiters never query on their own, so a thousand nodes waiting on
+one job cost one query per second per replica, not a thousand.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tracker.torrentfile import check_blob_torrent
 log = logging.getLogger("tracker.mirror")
 
 SEED_TIMEOUT_S = 90.0
+SHARED_POLL_S = 1.0
 MAX_WAIT_S = 60.0
 # A partial revision whose last job ended this recently is not re-mirrored yet (no retry storm).
 REMIRROR_AFTER_S = 60.0
@@ -86,15 +92,19 @@ class Scheduler:
         self._queued = asyncio.Event()
         self._job_events: dict[str, asyncio.Event] = {}
         self._polling: dict[str, int] = {}
+        self._stamps: dict[str, float] = {}  # job id -> the `updated` its waiters last read
         self._closing = False
-        # The seeds that ran them are gone with the previous process, or will ask again.
-        for job in registry.requeue_running():
-            log.info("event=job_requeued id=%s reason=restart", job.id)
+        if not registry.shared:
+            # The seeds that ran them are gone with the previous process, or will ask again. A shared
+            # registry's running jobs may be other replicas' seeds' work: reap_dead_seeds judges those.
+            for job in registry.requeue_running():
+                log.info("event=job_requeued id=%s reason=restart", job.id)
 
     # -- notifications: set the current event and replace it, so a waiter that takes the event before
     #    checking state can never miss a change.
 
     def _notify_job(self, job_id: str) -> None:
+        self._stamps.pop(job_id, None)
         ev = self._job_events.pop(job_id, None)
         if ev is not None:
             ev.set()
@@ -170,6 +180,7 @@ class Scheduler:
             current = self.registry.get_job(job.id)
             assert current is not None
             job = current
+            self._stamps[job.id] = job.updated
             try:
                 answer = self._outcome(job)
             except MirrorFailed as e:
@@ -214,6 +225,15 @@ class Scheduler:
             self.ensure_job(manifest.repo_type, manifest.repo_id, manifest.commit)
         except MirrorFailed:
             pass  # the queue is full: the partial manifest still answers, a later request retries
+
+    def poll_registry(self) -> None:
+        """Wake the waiters of jobs another replica changed, and the seeds waiting here for a job."""
+        stamps = self.registry.job_stamps(list(self._job_events))
+        for job_id, updated in stamps.items():
+            if self._stamps.get(job_id) != updated:
+                self._notify_job(job_id)
+        if self._polling and self.registry.has_queued_job():
+            self._notify_queued()
 
     # -- seeds -----------------------------------------------------------------------------------
 
@@ -363,7 +383,7 @@ class Scheduler:
         ]
         if not dead:
             return []
-        jobs = self.registry.requeue_running(dead, self.clock())
+        jobs = self.registry.requeue_running(dead, self.clock(), silent_since=cutoff)
         for job in jobs:
             log.warning("event=job_requeued id=%s seed=%s reason=seed_dead", job.id, job.seed_id)
             self._notify_job(job.id)

@@ -1,23 +1,23 @@
-"""The registry: revisions, files, refs, torrents, seeds and mirror jobs in SQLite (stdlib sqlite3).
+"""The registry: revisions, files, refs, torrents, seeds, mirror jobs and node identities.
 
-One connection guarded by a lock: callers come from the event loop and from uvicorn's threadpool, and
-SQLite serializes writers anyway. WAL keeps readers of other processes (backups, `sqlite3` on the CLI)
-from blocking us. Everything here survives a restart; the peer table (tracker/peers.py) deliberately does not.
+In SQLite for one tracker process, in PostgreSQL shared by replicas (tracker/db.py holds the two). Everything
+here survives a restart; the peer table (tracker/peerstore/) deliberately does not. What this process
+keeps in memory is only what cannot go stale: the registered torrents (never removed) and the files of
+complete revisions (immutable).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hfbt.manifest import FileEntry, Manifest
+from tracker.db import Database, Tx, open_database
 
 JOB_STATES = ("queued", "running", "done", "failed")
 
@@ -33,37 +33,42 @@ class Immutable(ValueError):
 
 ACTIVE_STATES = ("queued", "running")
 MANIFEST_CACHE_ENTRIES = 500_000  # file entries of complete revisions kept in memory (~150 B each)
+# A shared registry looks up an info_hash this process has not seen; an unknown one is not asked again
+# for this long (a torrent registered on another replica is announced within a second of it).
+UNKNOWN_TORRENT_TTL_S = 1.0
+UNKNOWN_TORRENTS_MAX = 4096
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
     repo_type TEXT NOT NULL, repo_id TEXT NOT NULL, commit_id TEXT NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
     private INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (repo_type, repo_id, commit_id)
 );
 CREATE TABLE IF NOT EXISTS files (
     repo_type TEXT NOT NULL, repo_id TEXT NOT NULL, commit_id TEXT NOT NULL, path TEXT NOT NULL,
-    size INTEGER NOT NULL, etag TEXT NOT NULL, sha256 TEXT, info_hash TEXT,
+    size BIGINT NOT NULL, etag TEXT NOT NULL, sha256 TEXT, info_hash TEXT,
     PRIMARY KEY (repo_type, repo_id, commit_id, path)
 );
 CREATE INDEX IF NOT EXISTS files_etag ON files (etag);
 CREATE TABLE IF NOT EXISTS refs (
     repo_type TEXT NOT NULL, repo_id TEXT NOT NULL, ref TEXT NOT NULL,
-    commit_id TEXT NOT NULL, resolved_at REAL NOT NULL,
+    commit_id TEXT NOT NULL, resolved_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (repo_type, repo_id, ref)
 );
 CREATE TABLE IF NOT EXISTS torrents (
-    info_hash TEXT PRIMARY KEY, etag TEXT NOT NULL, size INTEGER NOT NULL, info BLOB NOT NULL,
-    created REAL NOT NULL
+    info_hash TEXT PRIMARY KEY, etag TEXT NOT NULL, size BIGINT NOT NULL, info BLOB NOT NULL,
+    created DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS torrents_etag ON torrents (etag, size);
 CREATE TABLE IF NOT EXISTS seeds (
-    seed_id TEXT PRIMARY KEY, origin TEXT, last_seen REAL NOT NULL
+    seed_id TEXT PRIMARY KEY, origin TEXT, last_seen DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, repo_type TEXT NOT NULL, repo_id TEXT NOT NULL, revision TEXT NOT NULL,
     state TEXT NOT NULL, seed_id TEXT, commit_id TEXT, error TEXT, detail TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL
+    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL
 );
 -- The database itself guarantees one active job per key, whatever the callers do.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_active ON jobs (repo_type, repo_id, revision)
@@ -71,7 +76,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_active ON jobs (repo_type, repo_id, revis
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 -- Node identities (tracker/auth.py): only a hash of each node's secret, never the token itself.
 CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY, token_hash TEXT NOT NULL, created REAL NOT NULL, revoked REAL
+    name TEXT PRIMARY KEY, token_hash TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+    revoked DOUBLE PRECISION
 );
 """
 
@@ -130,42 +136,24 @@ def _job(row: Sequence) -> Job:
     return Job(*row)
 
 
+def open_registry(db: str | Path) -> Registry:
+    """The registry in a SQLite file, or in PostgreSQL for a postgresql:// URL (tracker/db.py)."""
+    return Registry(open_database(db, SCHEMA))
+
+
 class Registry:
-    def __init__(self, path: Path | str) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.shared = db.shared
+        self._lock = threading.Lock()  # the in-memory caches below
         # Announces check registration on every request: keep the set in memory, it is small (40 B/torrent).
-        self._known = {bytes.fromhex(h) for (h,) in self._db.execute("SELECT info_hash FROM torrents")}
+        self._known = {bytes.fromhex(h) for (h,) in db.all("SELECT info_hash FROM torrents")}
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()  # shared only: recent misses
         self._complete_files: OrderedDict[tuple[str, str, str], tuple[FileEntry, ...]] = OrderedDict()
         self._cached_entries = 0
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _all(self, sql: str, args: Sequence = ()) -> list:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    def _one(self, sql: str, args: Sequence = ()) -> tuple | None:
-        with self._lock:
-            return self._db.execute(sql, args).fetchone()
+        self._db.close()
 
     # -- revisions -------------------------------------------------------------------------------
 
@@ -181,7 +169,7 @@ class Registry:
         """
         now = time.time() if now is None else now
         key = (manifest.repo_type, manifest.repo_id, manifest.commit)
-        with self._tx() as db:
+        with self._db.tx() as db:
             previous = {
                 path: (size, etag, sha256, ih)
                 for path, size, etag, sha256, ih in db.execute(
@@ -219,7 +207,8 @@ class Registry:
             db.execute(
                 "INSERT INTO revisions (repo_type, repo_id, commit_id, complete, created, updated, private)"
                 " VALUES (?, ?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET updated=excluded.updated",  # private never changes
+                # private never changes
+                " ON CONFLICT (repo_type, repo_id, commit_id) DO UPDATE SET updated=excluded.updated",
                 (*key, now, now, int(manifest.private)),
             )
             self._update_complete(db, [key], now)
@@ -230,46 +219,47 @@ class Registry:
         return stored
 
     @staticmethod
-    def _torrent_matches(db: sqlite3.Connection, info_hash: str, f: FileEntry) -> bool:
+    def _torrent_matches(db: Tx, info_hash: str, f: FileEntry) -> bool:
         row = db.execute("SELECT etag, size FROM torrents WHERE info_hash=?", (info_hash,)).fetchone()
         return row is not None and tuple(row) == (f.etag, f.size)
 
     @staticmethod
-    def _update_complete(db: sqlite3.Connection, keys: Sequence[tuple[str, str, str]], now: float) -> None:
+    def _update_complete(db: Tx, keys: Sequence[tuple[str, str, str]], now: float) -> None:
         for key in keys:
             db.execute(
-                "UPDATE revisions SET updated=?, complete = NOT EXISTS (SELECT 1 FROM files f"
+                "UPDATE revisions SET updated=?, complete = CASE WHEN EXISTS (SELECT 1 FROM files f"
                 " WHERE f.repo_type=revisions.repo_type AND f.repo_id=revisions.repo_id"
                 " AND f.commit_id=revisions.commit_id AND f.size > 0 AND f.info_hash IS NULL)"
+                " THEN 0 ELSE 1 END"
                 " WHERE repo_type=? AND repo_id=? AND commit_id=?",
                 (now, *key),
             )
 
     def get_manifest(self, repo_type: str, repo_id: str, commit: str) -> Manifest | None:
         key = (repo_type, repo_id, commit)
+        rev = self._db.one(
+            "SELECT complete, private FROM revisions WHERE repo_type=? AND repo_id=? AND commit_id=?", key
+        )
+        if rev is None:
+            return None
         with self._lock:
-            rev = self._db.execute(
-                "SELECT complete, private FROM revisions WHERE repo_type=? AND repo_id=? AND commit_id=?", key
-            ).fetchone()
-            if rev is None:
-                return None
             files = self._complete_files.get(key)
-            if files is None:
-                files = tuple(
-                    FileEntry(*row)
-                    for row in self._db.execute(
-                        "SELECT path, size, etag, sha256, info_hash FROM files"
-                        " WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY path",
-                        key,
-                    )
-                )
-                if rev[0]:
-                    self._remember_complete(key, files)
-            else:
+            if files is not None:
                 self._complete_files.move_to_end(key)
-            refs = self._db.execute(
-                "SELECT ref FROM refs WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY ref", key
-            ).fetchall()
+        if files is None:
+            files = tuple(
+                FileEntry(*row)
+                for row in self._db.all(
+                    "SELECT path, size, etag, sha256, info_hash FROM files"
+                    " WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY path",
+                    key,
+                )
+            )
+            if rev[0]:
+                self._remember_complete(key, files)
+        refs = self._db.all(
+            "SELECT ref FROM refs WHERE repo_type=? AND repo_id=? AND commit_id=? ORDER BY ref", key
+        )
         return Manifest(
             repo_type=repo_type,
             repo_id=repo_id,
@@ -282,18 +272,21 @@ class Registry:
 
     def _remember_complete(self, key: tuple[str, str, str], files: tuple[FileEntry, ...]) -> None:
         # A complete revision's files never change again (immutable, every torrent set): thousands of
-        # nodes asking for one 40k-file manifest then cost one SQLite read, not one each.
-        self._complete_files[key] = files
-        self._cached_entries += len(files)
-        while self._cached_entries > MANIFEST_CACHE_ENTRIES and len(self._complete_files) > 1:
-            _, dropped = self._complete_files.popitem(last=False)
-            self._cached_entries -= len(dropped)
+        # nodes asking for one 40k-file manifest then cost one database read, not one each.
+        with self._lock:
+            if key in self._complete_files:
+                return
+            self._complete_files[key] = files
+            self._cached_entries += len(files)
+            while self._cached_entries > MANIFEST_CACHE_ENTRIES and len(self._complete_files) > 1:
+                _, dropped = self._complete_files.popitem(last=False)
+                self._cached_entries -= len(dropped)
 
     def revisions_of_torrent(self, info_hash: str) -> list[tuple[str, str, str, str, bool]]:
         """(repo_type, repo_id, commit, path, private) of every file of a revision holding this blob."""
         return [
             (t, r, c, path, bool(p))
-            for t, r, c, path, p in self._all(
+            for t, r, c, path, p in self._db.all(
                 "SELECT DISTINCT f.repo_type, f.repo_id, f.commit_id, f.path, v.private FROM files f"
                 " JOIN revisions v USING (repo_type, repo_id, commit_id) WHERE f.info_hash=?",
                 (info_hash,),
@@ -301,33 +294,36 @@ class Registry:
         ]
 
     def torrent_count(self) -> int:
-        return self._one("SELECT COUNT(*) FROM torrents")[0]
+        return self._db.one("SELECT COUNT(*) FROM torrents")[0]
 
     def job_counts(self) -> dict[str, int]:
-        return dict(self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return dict(self._db.all("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
     def list_revisions(self, repo_type: str | None = None, repo_id: str | None = None) -> list[dict]:
-        rows = self._all(
-            "SELECT r.repo_type, r.repo_id, r.commit_id, r.complete,"
-            " (SELECT group_concat(ref, char(10)) FROM (SELECT ref FROM refs f WHERE f.repo_type=r.repo_type"
-            "  AND f.repo_id=r.repo_id AND f.commit_id=r.commit_id ORDER BY ref))"
-            " FROM revisions r WHERE (?1 IS NULL OR r.repo_type=?1) AND (?2 IS NULL OR r.repo_id=?2)"
-            " ORDER BY r.repo_type, r.repo_id, r.updated DESC",
-            (repo_type, repo_id),
+        where, args = _where(repo_type=repo_type, repo_id=repo_id)
+        rows = self._db.all(
+            f"SELECT repo_type, repo_id, commit_id, complete FROM revisions{where}"
+            " ORDER BY repo_type, repo_id, updated DESC",
+            args,
         )
+        refs: dict[tuple[str, str, str], list[str]] = {}
+        for t, i, c, ref in self._db.all(
+            f"SELECT repo_type, repo_id, commit_id, ref FROM refs{where} ORDER BY ref", args
+        ):
+            refs.setdefault((t, i, c), []).append(ref)
         return [
             {
                 "repo_type": t,
                 "repo_id": i,
                 "commit": c,
                 "complete": bool(done),
-                "refs": refs.split("\n") if refs else [],
+                "refs": refs.get((t, i, c), []),
             }
-            for t, i, c, done, refs in rows
+            for t, i, c, done in rows
         ]
 
     def get_file(self, repo_type: str, repo_id: str, commit: str, path: str) -> FileEntry | None:
-        row = self._one(
+        row = self._db.one(
             "SELECT path, size, etag, sha256, info_hash FROM files"
             " WHERE repo_type=? AND repo_id=? AND commit_id=? AND path=?",
             (repo_type, repo_id, commit, path),
@@ -337,23 +333,22 @@ class Registry:
     # -- refs ------------------------------------------------------------------------------------
 
     def get_ref(self, repo_type: str, repo_id: str, ref: str) -> Ref | None:
-        row = self._one(
+        row = self._db.one(
             "SELECT commit_id, resolved_at FROM refs WHERE repo_type=? AND repo_id=? AND ref=?",
             (repo_type, repo_id, ref),
         )
         return Ref(*row) if row else None
 
     def set_ref(self, repo_type: str, repo_id: str, ref: str, commit: str, now: float | None = None) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             self._set_ref(db, repo_type, repo_id, ref, commit, time.time() if now is None else now)
 
     @staticmethod
-    def _set_ref(
-        db: sqlite3.Connection, repo_type: str, repo_id: str, ref: str, commit: str, now: float
-    ) -> None:
+    def _set_ref(db: Tx, repo_type: str, repo_id: str, ref: str, commit: str, now: float) -> None:
         db.execute(
             "INSERT INTO refs (repo_type, repo_id, ref, commit_id, resolved_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET commit_id=excluded.commit_id, resolved_at=excluded.resolved_at",
+            " ON CONFLICT (repo_type, repo_id, ref) DO UPDATE"
+            " SET commit_id=excluded.commit_id, resolved_at=excluded.resolved_at",
             (repo_type, repo_id, ref, commit, now),
         )
 
@@ -376,7 +371,7 @@ class Registry:
         torrent is set once: the same one again is a no-op, another one is refused (Immutable).
         """
         now = time.time()
-        with self._tx() as db:
+        with self._db.tx() as db:
             current = db.execute(
                 "SELECT info_hash FROM files WHERE repo_type=? AND repo_id=? AND commit_id=? AND path=?",
                 (repo_type, repo_id, commit, path),
@@ -389,7 +384,7 @@ class Registry:
                 )
             db.execute(
                 "INSERT INTO torrents (info_hash, etag, size, info, created) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT (info_hash) DO NOTHING",
                 (info_hash, etag, size, info, now),
             )
             db.execute(
@@ -414,24 +409,53 @@ class Registry:
         return bool(row and row[0])
 
     def get_torrent_info(self, info_hash: str) -> bytes | None:
-        row = self._one("SELECT info FROM torrents WHERE info_hash=?", (info_hash,))
+        row = self._db.one("SELECT info FROM torrents WHERE info_hash=?", (info_hash,))
         return bytes(row[0]) if row else None
 
-    def has_torrent(self, info_hash: bytes) -> bool:
-        return info_hash in self._known
+    def has_torrent(self, info_hash: bytes, now: float | None = None) -> bool:
+        """Whether a torrent of this info_hash is registered (announce asks, on every request).
+
+        A registered torrent is never removed, so this process's set answers every hit. A miss is final
+        in one process; with a shared registry another replica may have registered it, so the database
+        answers, and a miss is remembered for UNKNOWN_TORRENT_TTL_S (bounded) so unknown hashes cost
+        at most one query per second each.
+        """
+        if info_hash in self._known:
+            return True
+        if not self.shared:
+            return False
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            until = self._unknown.get(info_hash)
+            if until is not None and until > now:
+                return False
+        found = self._db.one("SELECT 1 FROM torrents WHERE info_hash=?", (info_hash.hex(),)) is not None
+        with self._lock:
+            if found:
+                self._known.add(info_hash)
+                self._unknown.pop(info_hash, None)
+            else:
+                self._unknown[info_hash] = now + UNKNOWN_TORRENT_TTL_S
+                self._unknown.move_to_end(info_hash)
+                while len(self._unknown) > UNKNOWN_TORRENTS_MAX:
+                    self._unknown.popitem(last=False)
+        return found
 
     # -- seeds -----------------------------------------------------------------------------------
 
     def seed_heartbeat(self, seed_id: str, origin: str | None = None, now: float | None = None) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
-                "INSERT INTO seeds (seed_id, origin, last_seen) VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
+                "INSERT INTO seeds (seed_id, origin, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (seed_id) DO UPDATE"
                 " SET last_seen=excluded.last_seen, origin=COALESCE(excluded.origin, seeds.origin)",
                 (seed_id, origin, time.time() if now is None else now),
             )
 
     def seeds(self) -> list[Seed]:
-        return [Seed(*r) for r in self._all("SELECT seed_id, origin, last_seen FROM seeds ORDER BY seed_id")]
+        return [
+            Seed(*r) for r in self._db.all("SELECT seed_id, origin, last_seen FROM seeds ORDER BY seed_id")
+        ]
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -443,7 +467,7 @@ class Registry:
         key = (repo_type, repo_id, revision)
         for _ in range(3):
             try:
-                with self._tx() as db:
+                with self._db.tx() as db:
                     row = db.execute(
                         f"SELECT {_JOB_COLS} FROM jobs WHERE repo_type=? AND repo_id=? AND revision=?"
                         " AND state IN ('queued', 'running')",
@@ -456,16 +480,16 @@ class Registry:
                         f"INSERT INTO jobs ({_JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _astuple(job)
                     )
                     return job, True
-            except sqlite3.IntegrityError:
+            except self._db.integrity_error:
                 continue  # another process sharing the file won the race: read its job
         raise RuntimeError(f"could not create or find the job for {key}")
 
     def get_job(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_JOB_COLS} FROM jobs WHERE id=?", (job_id,))
+        row = self._db.one(f"SELECT {_JOB_COLS} FROM jobs WHERE id=?", (job_id,))
         return _job(row) if row else None
 
     def active_job(self, repo_type: str, repo_id: str, revision: str) -> Job | None:
-        row = self._one(
+        row = self._db.one(
             f"SELECT {_JOB_COLS} FROM jobs WHERE repo_type=? AND repo_id=? AND revision=?"
             " AND state IN ('queued', 'running')",
             (repo_type, repo_id, revision),
@@ -474,24 +498,26 @@ class Registry:
 
     def jobs_for_commit(self, repo_type: str, repo_id: str, commit: str) -> list[Job]:
         """Jobs that asked for this commit or registered it, newest first."""
-        rows = self._all(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE repo_type=? AND repo_id=? AND (revision=?3 OR commit_id=?3)"
+        rows = self._db.all(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE repo_type=? AND repo_id=? AND (revision=? OR commit_id=?)"
             " ORDER BY updated DESC LIMIT 20",
-            (repo_type, repo_id, commit),
+            (repo_type, repo_id, commit, commit),
         )
         return [_job(r) for r in rows]
 
     def list_jobs(self, limit: int = 200, state: str | None = None) -> list[Job]:
-        rows = self._all(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE (?1 IS NULL OR state=?1) ORDER BY created DESC LIMIT ?2",
-            (state, limit),
+        where, args = _where(state=state)
+        rows = self._db.all(
+            f"SELECT {_JOB_COLS} FROM jobs{where} ORDER BY created DESC LIMIT ?", (*args, limit)
         )
         return [_job(r) for r in rows]
 
     def claim_job(self, seed_id: str, now: float | None = None) -> Job | None:
         """Hand the oldest queued job to `seed_id` (it becomes running)."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        if not self.has_queued_job():
+            return None  # the common answer, without taking the write lock
+        with self._db.tx() as db:
             row = db.execute(
                 f"SELECT {_JOB_COLS} FROM jobs WHERE state='queued' ORDER BY created LIMIT 1"
             ).fetchone()
@@ -503,7 +529,7 @@ class Registry:
         return self.get_job(row[0])
 
     def set_job_commit(self, job_id: str, commit: str, now: float | None = None) -> Job | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
                 "UPDATE jobs SET commit_id=?, updated=? WHERE id=?",
                 (commit, time.time() if now is None else now, job_id),
@@ -520,7 +546,7 @@ class Registry:
         now: float | None = None,
     ) -> Job | None:
         """Mark a job done/failed. A late result for a finished job changes nothing (first result wins)."""
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
                 "UPDATE jobs SET state=?, commit_id=COALESCE(?, commit_id), error=?, detail=?, updated=?"
                 " WHERE id=? AND state IN ('queued', 'running')",
@@ -535,17 +561,32 @@ class Registry:
             )
         return self.get_job(job_id)
 
-    def requeue_running(self, seed_ids: Sequence[str] | None = None, now: float | None = None) -> list[Job]:
-        """Put running jobs (all, or those of `seed_ids`) back in the queue; returns them."""
+    def requeue_running(
+        self,
+        seed_ids: Sequence[str] | None = None,
+        now: float | None = None,
+        silent_since: float | None = None,
+    ) -> list[Job]:
+        """Put running jobs (all, or those of `seed_ids`) back in the queue; returns them.
+
+        With `silent_since`, a seed heard from at or after it keeps its jobs: checked inside the write,
+        so a seed that just heartbeated through another replica is never taken for dead.
+        """
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._db.tx() as db:
             if seed_ids is None:
                 rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state='running'").fetchall()
             else:
                 marks = ",".join("?" * len(seed_ids))
+                heard = (
+                    ""
+                    if silent_since is None
+                    else " AND seed_id NOT IN (SELECT seed_id FROM seeds WHERE last_seen >= ?)"
+                )
+                args = tuple(seed_ids) if silent_since is None else (*seed_ids, silent_since)
                 rows = db.execute(
-                    f"SELECT {_JOB_COLS} FROM jobs WHERE state='running' AND seed_id IN ({marks})",
-                    tuple(seed_ids),
+                    f"SELECT {_JOB_COLS} FROM jobs WHERE state='running' AND seed_id IN ({marks}){heard}",
+                    args,
                 ).fetchall()
             db.executemany(
                 "UPDATE jobs SET state='queued', seed_id=NULL, updated=? WHERE id=?",
@@ -553,23 +594,35 @@ class Registry:
             )
         return [_job(r) for r in rows]
 
+    def has_queued_job(self) -> bool:
+        return self._db.one("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1") is not None
+
+    def job_stamps(self, job_ids: Sequence[str]) -> dict[str, float]:
+        """When each of these jobs last changed (`updated`): what a replica polls to wake its waiters."""
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        return dict(self._db.all(f"SELECT id, updated FROM jobs WHERE id IN ({marks})", tuple(job_ids)))
+
     # --- node identities ---
 
     def add_node(self, name: str, token_hash: str, now: float | None = None) -> bool:
         """Issue `name` (False: it is already live; revoke it first). A revoked name may be issued again."""
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute("SELECT revoked FROM nodes WHERE name=?", (name,)).fetchone()
             if row is not None and row[0] is None:
                 return False
             db.execute(
-                "INSERT OR REPLACE INTO nodes (name, token_hash, created, revoked) VALUES (?, ?, ?, NULL)",
+                "INSERT INTO nodes (name, token_hash, created, revoked) VALUES (?, ?, ?, NULL)"
+                " ON CONFLICT (name) DO UPDATE SET token_hash=excluded.token_hash, created=excluded.created,"
+                " revoked=NULL",
                 (name, token_hash, time.time() if now is None else now),
             )
             return True
 
     def revoke_node(self, name: str, now: float | None = None) -> bool:
         """False: no live node of that name."""
-        with self._tx() as db:
+        with self._db.tx() as db:
             cur = db.execute(
                 "UPDATE nodes SET revoked=? WHERE name=? AND revoked IS NULL",
                 (time.time() if now is None else now, name),
@@ -577,17 +630,17 @@ class Registry:
             return cur.rowcount == 1
 
     def node_hash(self, name: str) -> str | None:
-        row = self._one("SELECT token_hash FROM nodes WHERE name=? AND revoked IS NULL", (name,))
+        row = self._db.one("SELECT token_hash FROM nodes WHERE name=? AND revoked IS NULL", (name,))
         return row[0] if row else None
 
     def list_nodes(self) -> list[dict]:
         return [
             {"name": n, "created": c, "revoked": r}
-            for n, c, r in self._all("SELECT name, created, revoked FROM nodes ORDER BY name")
+            for n, c, r in self._db.all("SELECT name, created, revoked FROM nodes ORDER BY name")
         ]
 
     def running_seed_ids(self) -> list[str]:
-        return [s for (s,) in self._all("SELECT DISTINCT seed_id FROM jobs WHERE state='running'") if s]
+        return [s for (s,) in self._db.all("SELECT DISTINCT seed_id FROM jobs WHERE state='running'") if s]
 
 
 def _check_unchanged(manifest: Manifest, private: bool, previous: dict[str, tuple]) -> None:
@@ -606,6 +659,14 @@ def _check_unchanged(manifest: Manifest, private: bool, previous: dict[str, tupl
         ih = previous[f.path][3]
         if f.info_hash and ih and f.info_hash != ih:
             raise Immutable("revision", f"{name} {f.path} already has torrent {ih}; it is set once")
+
+
+def _where(**equal: str | None) -> tuple[str, tuple[str, ...]]:
+    """` WHERE a=? AND b=?` over the arguments given (None: any), and their values."""
+    given = {k: v for k, v in equal.items() if v is not None}
+    if not given:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k}=?" for k in given), tuple(given.values())
 
 
 def _astuple(job: Job) -> tuple:

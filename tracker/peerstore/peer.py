@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracker.unavailable import StoreUnavailable
+
 # Sampled per kind (seeders, leechers) for the handout: enough for numwant up to MAX_NUMWANT (200)
 # even after the policy drops the requester and peers of the wrong role.
 SAMPLE_PER_KIND = 256
@@ -57,5 +59,5 @@ class PeerIdTaken(Exception):
     """The announced peer_id is another node's live entry: refused, nothing changed."""
 
 
-class PeerStoreError(Exception):
+class PeerStoreError(StoreUnavailable):
     """The shared store cannot be reached or answered nonsense; the announce fails with a reason."""
