@@ -112,14 +112,23 @@ class LocalCluster:
         self._wait_http(proc, f"{self.origin_url}/_hfbt/health")
         return self.origin_url
 
-    def start_tracker(self, closed: bool = False, ref_ttl: float = 0.0, extra: tuple[str, ...] = ()) -> str:
+    def start_tracker(
+        self,
+        closed: bool = False,
+        ref_ttl: float = 0.0,
+        extra: tuple[str, ...] = (),
+        db: str | None = None,
+        name: str = "tracker",
+    ) -> str:
+        """Start a tracker; the latest one started is `tracker_url`. Replicas share `db` (a
+        postgresql:// URL) and the closed cluster's role credentials, made by the first one."""
         port = free_port()
         args = [
             "tracker",
             "--port",
             str(port),
             "--db",
-            str(self.workdir / "tracker.db"),
+            db or str(self.workdir / "tracker.db"),
             "--ref-ttl",
             str(ref_ttl),
         ]
@@ -127,9 +136,11 @@ class LocalCluster:
             args += ["--origin", self.origin_url]
         env = {}
         if closed:
-            self.operator_token, self.seed_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            if not self.operator_token:
+                self.operator_token, self.seed_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            assert self.seed_token
             env = {SECRET_OPERATOR_TOKEN.env: self.operator_token, SECRET_SEED_TOKEN.env: self.seed_token}
-        proc = self.spawn("tracker", *args, *extra, env=env)
+        proc = self.spawn(name, *args, *extra, env=env)
         self.tracker_url = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{self.tracker_url}/healthz")
         return self.tracker_url

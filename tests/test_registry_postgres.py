@@ -203,3 +203,19 @@ def test_a_closed_tracker_on_postgres_needs_one_ticket_key_for_all_replicas(
         create_app(TrackerConfig(db=pg_url, **closed))
     create_app(TrackerConfig(db=pg_url, ticket_key=tmp_path / "k", **closed))
     assert (tmp_path / "k").stat().st_mode & 0o077 == 0
+
+
+def test_node_identities_and_the_one_active_job_index_hold_on_both_databases(registry_db: str) -> None:
+    reg = open_registry(registry_db)
+    assert reg.add_node("n1", "h1") and not reg.add_node("n1", "h2")
+    assert reg.revoke_node("n1") and reg.node_hash("n1") is None
+    assert reg.add_node("n1", "h3") and reg.node_hash("n1") == "h3"
+    job, _ = reg.ensure_job("model", "org/m", "main")
+    # The database itself refuses a second active job for one key, whatever a caller does.
+    with pytest.raises(reg._db.integrity_error), reg._db.tx() as db:
+        db.execute(
+            "INSERT INTO jobs (id, repo_type, repo_id, revision, state, created, updated)"
+            " VALUES ('x', 'model', 'org/m', 'main', 'queued', 0, 0)"
+        )
+    assert [j.id for j in reg.list_jobs()] == [job.id]
+    reg.close()

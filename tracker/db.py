@@ -169,9 +169,8 @@ class PostgresDatabase:
         self._lock = threading.RLock()
         self._conn: Any = None
         with self.tx() as db:
-            for statement in schema.split(";"):
-                if statement.strip() and not statement.strip().startswith("--"):
-                    db.execute(statement)
+            for statement in _statements(schema):
+                db.execute(statement)
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -214,6 +213,12 @@ class PostgresDatabase:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+def _statements(script: str) -> list[str]:
+    """A schema script's statements, comment lines dropped (psycopg runs one statement per execute)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _reason(e: Exception) -> str:
