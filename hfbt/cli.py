@@ -49,6 +49,7 @@ Linger = Annotated[float, option(C.OPT_LINGER)]
 DiskIo = Annotated[str, option(C.OPT_DISK_IO)]
 BtPort = Annotated[int, option(C.OPT_BT_PORT)]
 UploadMbit = Annotated[float, option(C.OPT_UPLOAD_MBIT)]
+Zone = Annotated[str, option(C.OPT_ZONE)]
 SocketBufferKb = Annotated[int, option(C.OPT_SOCKET_BUFFER_KB, min=0)]
 LtSettings = Annotated[list[str] | None, option(C.OPT_LT_SETTING)]
 CacheDir = Annotated[Path | None, option(C.OPT_CACHE_DIR)]
@@ -98,6 +99,13 @@ def _disk_io(name: str) -> str:
         _fail(e)
 
 
+def _zone(zone: str) -> str:
+    try:
+        return C.check_zone(zone)
+    except HfbtError as e:
+        _fail(e)
+
+
 def _lt_settings(items: list[str] | None) -> dict[str, int | bool | str]:
     try:
         return C.parse_lt_settings(items)
@@ -137,6 +145,7 @@ def tracker(
     announce_interval: Annotated[int, option(C.OPT_ANNOUNCE_INTERVAL, min=1)] = C.ANNOUNCE_INTERVAL_S,
     seeder_interval: Annotated[int, option(C.OPT_SEEDER_INTERVAL, min=0)] = C.TrackerConfig.seeder_interval,
     handout: Annotated[str, option(C.OPT_HANDOUT)] = C.TrackerConfig.handout,
+    zone_gateways: Annotated[int, option(C.OPT_ZONE_GATEWAYS)] = C.TrackerConfig.zone_gateways,
     ticket_key: Annotated[Path | None, option(C.OPT_TICKET_KEY)] = None,
     ticket_ttl: Annotated[float, option(C.OPT_TICKET_TTL, min=5.0)] = C.TICKET_TTL_S,
     trust_announce_ip: Annotated[bool, option(C.OPT_TRUST_ANNOUNCE_IP)] = False,
@@ -168,7 +177,9 @@ def tracker(
         seeder_interval=seeder_interval,
         peer_store=peer_store,
         redis_password=_secret(C.SECRET_REDIS_PASSWORD),
+        pg_password=_secret(C.SECRET_PG_PASSWORD),
         handout=handout,
+        zone_gateways=zone_gateways,
     )
     try:
         serve(cfg)
@@ -235,6 +246,7 @@ def seed(
     piece_host: Annotated[str, option(C.OPT_PIECE_HOST)] = C.PIECE_HOST,
     piece_url: Annotated[str | None, option(C.OPT_PIECE_URL)] = None,
     super_seed: Annotated[bool, option(C.OPT_SUPER_SEED)] = C.SwarmConfig.super_seed,
+    zone: Zone = C.SwarmConfig.zone,
     socket_buffer_kb: SocketBufferKb = C.SOCKET_BUFFER_KB,
     lt_setting: LtSettings = None,
     disk_io: DiskIo = C.SwarmConfig.disk_io,
@@ -249,6 +261,7 @@ def seed(
         listen_port=bt_port,
         upload_mbit=upload_mbit,
         super_seed=super_seed,
+        zone=_zone(zone),
         socket_buffer_kb=socket_buffer_kb,
         lt_settings=_lt_settings(lt_setting),
         disk_io=_disk_io(disk_io),
@@ -287,6 +300,7 @@ def agent(
     fallback_origin: FallbackOrigin = None,
     upload_mbit: UploadMbit = C.SwarmConfig.upload_mbit,
     download_mbit: Annotated[float, option(C.OPT_DOWNLOAD_MBIT)] = C.SwarmConfig.download_mbit,
+    zone: Zone = C.SwarmConfig.zone,
     socket_buffer_kb: SocketBufferKb = C.SOCKET_BUFFER_KB,
     lt_setting: LtSettings = None,
     disk_io: DiskIo = C.SwarmConfig.disk_io,
@@ -301,6 +315,7 @@ def agent(
         listen_port=bt_port,
         upload_mbit=upload_mbit,
         download_mbit=download_mbit,
+        zone=_zone(zone),
         socket_buffer_kb=socket_buffer_kb,
         lt_settings=_lt_settings(lt_setting),
         disk_io=_disk_io(disk_io),
@@ -335,6 +350,7 @@ def pull(
     token: Annotated[str | None, option(C.OPT_PULL_TOKEN)] = None,
     bt_port: BtPort = C.SwarmConfig.listen_port,
     bt_host: BtHost = C.SwarmConfig.listen_host,
+    zone: Zone = C.SwarmConfig.zone,
     timeout: Annotated[float | None, option(C.OPT_PULL_TIMEOUT)] = None,
     linger: Linger = C.LINGER_S,
     disk_io: DiskIo = C.SwarmConfig.disk_io,
@@ -353,7 +369,9 @@ def pull(
         state_dir,
         node_token=_secret(C.SECRET_NODE_TOKEN),
         node_name=node_name,
-        swarm=C.SwarmConfig(listen_port=bt_port, listen_host=bt_host, disk_io=_disk_io(disk_io)),
+        swarm=C.SwarmConfig(
+            listen_port=bt_port, listen_host=bt_host, zone=_zone(zone), disk_io=_disk_io(disk_io)
+        ),
         stall_timeout=stall_timeout,
         fallback_origin=fallback_origin,
     )

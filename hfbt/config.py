@@ -10,12 +10,13 @@ itself defines (HF_TOKEN, HF_HOME, HF_HUB_CACHE). README.md's configuration tabl
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfbt.errors import HfbtError
-from hfbt.wire import node_token_name
+from hfbt.wire import ZONE_RULE, node_token_name
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ SECRET_NODE_TOKEN = Secret(
 SECRET_REDIS_PASSWORD = Secret(
     "HFBT_REDIS_PASSWORD", "Tracker: the password of the Redis server named by --peer-store (AUTH)."
 )
+SECRET_PG_PASSWORD = Secret(
+    "HFBT_PG_PASSWORD",
+    "Tracker: the password of the PostgreSQL role named by --db (libpq's PGPASSWORD / PGPASSFILE work too).",
+)
 SECRET_ORIGIN_TOKEN = Secret(
     "HFBT_ORIGIN_TOKEN", "serve-dir: serve the repos as private, readable only with this Bearer token."
 )
@@ -129,6 +134,12 @@ SOCKET_BUFFER_KB = 128
 OPT_BT_HOST = Setting("--bt-host", "HFBT_BT_HOST", "BitTorrent listen address.")
 OPT_BT_PORT = Setting("--bt-port", "HFBT_BT_PORT", "BitTorrent listen port (0 = ephemeral).")
 OPT_UPLOAD_MBIT = Setting("--upload-mbit", "HFBT_UPLOAD_MBIT", "Upload cap in Mbit/s (0 = none).")
+OPT_ZONE = Setting(
+    "--zone",
+    "HFBT_ZONE",
+    "Where this node is (a zone or rack; the DaemonSet reads topology.kubernetes.io/zone): peers are"
+    " handed out from the same zone first.",
+)
 OPT_DOWNLOAD_MBIT = Setting("--download-mbit", "HFBT_DOWNLOAD_MBIT", "Download cap in Mbit/s (0 = none).")
 OPT_SOCKET_BUFFER_KB = Setting(
     "--socket-buffer-kb",
@@ -147,6 +158,7 @@ class SwarmConfig:
     listen_port: int = 0  # 0 = ephemeral, so pulls and agents can share one machine
     upload_mbit: float = 0.0  # 0 = unlimited
     download_mbit: float = 0.0
+    zone: str = ""  # announced as zone=; "" : unsaid
     super_seed: bool = False  # seeds only: hand each peer pieces nobody has yet (≈ one copy out)
     # Kernel send buffer per peer connection (0 = the OS's autotuning); see swarm.session_settings.
     socket_buffer_kb: int = SOCKET_BUFFER_KB
@@ -169,6 +181,12 @@ def check_disk_io(name: str) -> str:
     if name not in DISK_IO_BACKENDS:
         raise HfbtError("BadRequest", f"--disk-io wants one of {', '.join(DISK_IO_BACKENDS)}, got {name!r}")
     return name
+
+
+def check_zone(zone: str) -> str:
+    if zone and not re.fullmatch(ZONE_RULE, zone):
+        raise HfbtError("BadRequest", f"--zone wants a label value ({ZONE_RULE}), got {zone!r}")
+    return zone
 
 
 def parse_lt_settings(items: list[str] | None) -> dict[str, int | bool | str]:
@@ -200,7 +218,7 @@ OPT_DB = Setting(
     "--db",
     "HFBT_DB",
     "Registry: a SQLite file, or postgresql://user@host/db shared by tracker replicas (the password from"
-    " PGPASSWORD or PGPASSFILE, never in the URL).",
+    " HFBT_PG_PASSWORD, PGPASSWORD or PGPASSFILE, never in the URL).",
 )
 OPT_PEER_STORE = Setting(
     "--peer-store",
@@ -212,6 +230,11 @@ OPT_SEEDER_INTERVAL = Setting(
     "--seeder-interval",
     "HFBT_SEEDER_INTERVAL",
     "Seconds between a seeder's announces (0: as --announce-interval; an hour suits a shared --peer-store).",
+)
+OPT_ZONE_GATEWAYS = Setting(
+    "--zone-gateways",
+    "HFBT_ZONE_GATEWAYS",
+    "Peers per zone and blob handed peers of other zones (0: zones ignored); the rest stay in their zone.",
 )
 OPT_TRACKER_PORT = Setting("--port", "HFBT_TRACKER_PORT", "HTTP port.")
 OPT_PUBLIC_URL = Setting(
@@ -263,7 +286,9 @@ class TrackerConfig:
     seeder_interval: int = 0  # 0: as announce_interval
     peer_store: str = "local"  # or a redis:// URL (tracker/peerstore/)
     redis_password: str | None = field(default=None, repr=False)
+    pg_password: str | None = field(default=None, repr=False)  # None: libpq's PGPASSWORD / PGPASSFILE
     handout: str = "random-mix"  # peer handout policy, one of tracker.handout.POLICIES
+    zone_gateways: int = 2  # tracker.handout.by_zone
 
 
 # --- hfbt serve-dir -----------------------------------------------------------------------------

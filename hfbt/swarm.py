@@ -22,6 +22,7 @@ import libtorrent as lt
 
 from hfbt.config import SwarmConfig
 from hfbt.log import redact
+from hfbt.wire import with_zone
 
 log = logging.getLogger("hfbt.swarm")
 
@@ -172,6 +173,7 @@ class Swarm:
         # The bindings take the backend by name (an unknown one silently means the default).
         params.disk_io_constructor = f"{cfg.disk_io}_disk_io_constructor"
         self._ses = lt.session(params)
+        self._zone = cfg.zone  # named in every announce (hfbt/wire.py with_zone)
         if cfg.upload_mbit or cfg.download_mbit:
             # libtorrent exempts LAN peers from rate limits (its "local" peer class); in a cluster
             # every peer is on the LAN, so an operator's cap must cover them all.
@@ -229,8 +231,10 @@ class Swarm:
             if file_name and file_name != ti.name():
                 params.renamed_files = {0: file_name}
             flags = params.flags & ~lt.torrent_flags.paused & ~lt.torrent_flags.auto_managed
+            if trackers is None and self._zone:
+                trackers = [t.url for t in ti.trackers()]
             if trackers is not None:
-                params.trackers = trackers
+                params.trackers = [with_zone(t, self._zone) for t in trackers]
                 flags |= lt.torrent_flags.override_trackers
             if seeding:
                 flags |= lt.torrent_flags.seed_mode
@@ -312,7 +316,7 @@ class Swarm:
     @_inside_libtorrent
     def replace_trackers(self, ih: str, urls: list[str]) -> None:
         h = self._entry(ih).handle
-        h.replace_trackers([{"url": u} for u in urls])
+        h.replace_trackers([{"url": with_zone(u, self._zone)} for u in urls])
         h.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def has(self, ih: str) -> bool:

@@ -19,6 +19,11 @@ ROLE_SEED = "seed"  # the seed service
 ROLE_PIECES = "pieces"  # a node that takes the seed's pieces over HTTP
 ROLES = frozenset({"", ROLE_SEED, ROLE_PIECES})
 
+# Announce parameter: where the announcing peer is (a zone, rack or site; Kubernetes' topology zone
+# label). The tracker hands out same-zone peers first and lets only a few per zone cross zones.
+ZONE_PARAM = "zone"
+ZONE_RULE = r"[A-Za-z0-9]([A-Za-z0-9._-]{0,62})"  # a Kubernetes label value, not empty
+
 # The piece server's response header: which piece of the blob the body is.
 PIECE_HEADER = "X-Hfbt-Piece"
 
@@ -29,6 +34,14 @@ HANDOUT_MIN_PIECES = 8
 
 def with_role(announce_url: str, role: str) -> str:
     return f"{announce_url}?{ROLE_PARAM}={role}"
+
+
+def with_zone(announce_url: str, zone: str) -> str:
+    """The announce URL naming this peer's zone ("" : unchanged); libtorrent appends its own
+    parameters after ours."""
+    if not zone:
+        return announce_url
+    return f"{announce_url}{'&' if '?' in announce_url else '?'}{ZONE_PARAM}={zone}"
 
 
 def seed_hands_out(size: int) -> bool:

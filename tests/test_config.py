@@ -96,6 +96,7 @@ def test_no_credential_is_a_flag() -> None:
         "HFBT_NODE_TOKEN",
         "HFBT_ORIGIN_TOKEN",
         "HFBT_REDIS_PASSWORD",
+        "HFBT_PG_PASSWORD",
     }
 
 

@@ -40,9 +40,10 @@ CLI = typer.main.get_command(app)
 
 OPERATOR, SEED, NODE = (C.SECRET_OPERATOR_TOKEN.env, C.SECRET_SEED_TOKEN.env, C.SECRET_NODE_TOKEN.env)
 ORIGIN = C.SECRET_ORIGIN_TOKEN.env  # serve-dir's, a test origin's: no deployment sets it
-REDIS = C.SECRET_REDIS_PASSWORD.env  # a tracker's with --peer-store redis://: no deployment sets it yet
+REDIS = C.SECRET_REDIS_PASSWORD.env  # a tracker's with --peer-store redis://
+PG = C.SECRET_PG_PASSWORD.env  # a tracker's with --db postgresql://
 SECRETS = {s.env for s in vars(C).values() if isinstance(s, C.Secret)}
-assert SECRETS == {OPERATOR, SEED, NODE, ORIGIN, REDIS}
+assert SECRETS == {OPERATOR, SEED, NODE, ORIGIN, REDIS, PG}
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # What the compose file is validated with: any value will do, they are only interpolated.
 COMPOSE_TEST_ENV = {OPERATOR: "compose-config-operator", SEED: "compose-config-seed"}
@@ -122,7 +123,9 @@ def needed_credentials(args: list[str]) -> set[str]:
     _, path, rest = resolve(args)
     command = " ".join(path)
     if command == "tracker":
-        return {OPERATOR, SEED}
+        shared = {REDIS} if (flag_value(rest, "--peer-store") or "").startswith("redis") else set()
+        shared |= {PG} if (flag_value(rest, "--db") or "").startswith("postgres") else set()
+        return {OPERATOR, SEED} | shared
     if command.startswith("tracker node"):
         return {OPERATOR}
     if command == "seed":

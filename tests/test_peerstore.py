@@ -155,3 +155,10 @@ def test_peer_store_urls() -> None:
     with pytest.raises(ValueError) as e:
         open_peer_store("memcached://x")
     assert "memcached" in str(e.value)
+
+
+def test_every_field_of_a_peer_comes_back(store: PeerStore) -> None:
+    me = Peer(pid(7), "10.9.8.7", 7000, 0, 100.0, "seed", "node-7", 120.0, "eu-west-1a")
+    store.announce(IH, me, False, 100)
+    got = store.announce(IH, peer(8), False, 100).peers
+    assert me in got

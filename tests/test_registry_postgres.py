@@ -161,7 +161,7 @@ def test_a_password_in_the_url_is_refused(pg_server: PgServer) -> None:
     url = pg_server.url().replace("hfbt@", f"hfbt:{pg_server.password}@")
     with pytest.raises(DbError) as e:
         open_registry(url)
-    assert pg_server.password not in str(e.value) and "PGPASSWORD" in str(e.value)
+    assert pg_server.password not in str(e.value) and "HFBT_PG_PASSWORD" in str(e.value)
     with pytest.raises(DbError):
         open_registry(pg_server.url() + f"?password={pg_server.password}")
 
@@ -219,3 +219,12 @@ def test_node_identities_and_the_one_active_job_index_hold_on_both_databases(reg
         )
     assert [j.id for j in reg.list_jobs()] == [job.id]
     reg.close()
+
+
+def test_the_password_can_come_from_hfbt_pg_password(
+    pg_server: PgServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGPASSWORD")
+    with pytest.raises(RegistryUnavailable):
+        open_registry(pg_url)
+    open_registry(pg_url, pg_server.password).close()

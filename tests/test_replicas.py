@@ -6,6 +6,7 @@ them; nothing in this test talks to the trackers except through their HTTP APIs.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def replicas(tmp_path: Path, pg_url: str, redis_url: str) -> LocalCluster:
         yield cluster
     logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "run" / "logs").glob("*.log")}
     assert not [name for name, text in logs.items() if "Traceback" in text], logs
-    secrets = [s for s in (cluster.operator_token, cluster.seed_token) if s]
+    secrets = [s for s in (cluster.operator_token, cluster.seed_token, os.environ["PGPASSWORD"]) if s]
     assert not [name for name, text in logs.items() if any(s in text for s in secrets)]
 
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from fastbencode import bencode
 
-from hfbt.wire import ROLE_PARAM, ROLE_PIECES, ROLE_SEED, ROLES
+from hfbt.wire import ROLE_PARAM, ROLE_PIECES, ROLE_SEED, ROLES, ZONE_PARAM, ZONE_RULE
 from tracker.peerstore import Peer, SwarmCounts
 
 # BEP 21 adds "paused" (libtorrent sends it for upload-only torrents); it is a plain re-announce for us.
@@ -25,6 +25,7 @@ _MAX_QUERY = 8192
 _MAX_INT = 2**63 - 1
 # ASCII digits only, at most 19 of them: int() would also take "+1", " 1", "1_0" and non-ASCII digits.
 _UINT = re.compile(rb"[0-9]{1,19}")
+_ZONE = re.compile(ZONE_RULE)
 
 
 class AnnounceError(ValueError):
@@ -45,6 +46,7 @@ class Announce:
     compact: bool
     no_peer_id: bool
     role: str = ""
+    zone: str = ""
 
 
 def parse_query(raw: bytes | str) -> dict[str, list[bytes]]:
@@ -166,6 +168,9 @@ def parse_announce(raw_query: bytes | str, client_ip: str, trust_ip: bool = Fals
     role = (_first(q, ROLE_PARAM) or b"").decode("ascii", "replace")
     if role not in ROLES:
         raise AnnounceError(f"invalid {ROLE_PARAM}: expected {ROLE_SEED} or {ROLE_PIECES}")
+    zone = (_first(q, ZONE_PARAM) or b"").decode("ascii", "replace")
+    if zone and not _ZONE.fullmatch(zone):
+        raise AnnounceError(f"invalid {ZONE_PARAM}: expected a label value ({ZONE_RULE})")
     return Announce(
         info_hash=info_hash,
         peer_id=peer_id,
@@ -179,6 +184,7 @@ def parse_announce(raw_query: bytes | str, client_ip: str, trust_ip: bool = Fals
         compact=_flag(q, "compact", True),
         no_peer_id=_flag(q, "no_peer_id", False),
         role=role,
+        zone=zone,
     )
 
 

@@ -40,7 +40,7 @@ from tracker.auth import NODE, OPERATOR, SEED, Auth, Caller, new_node_token, val
 from tracker.db import is_url
 from tracker.errors import ApiError, install_error_handlers
 from tracker.gate import AuthGate, roles
-from tracker.handout import POLICIES, Policy, keep_roles_apart
+from tracker.handout import POLICIES, Policy, by_zone, keep_roles_apart
 from tracker.intervals import Intervals
 from tracker.limits import DEFAULT_MAX_BYTES, TRACKER_BODY_LIMITS, BodyLimit
 from tracker.mirror import SHARED_POLL_S, MirrorFailed, NotFound, Scheduler
@@ -145,7 +145,7 @@ def ticket_key_path(cfg: TrackerConfig) -> Path:
 def create_app(cfg: TrackerConfig) -> FastAPI:
     closed = bool(cfg.operator_token or cfg.seed_token)
     key = ticket_key_path(cfg) if closed else None  # before any connection: a bad config fails first
-    registry = open_registry(cfg.db)
+    registry = open_registry(cfg.db, cfg.pg_password)
     signer = TicketSigner(load_or_create_key(key)) if key else None
     auth = Auth(cfg.operator_token, cfg.seed_token, registry.node_hash, signer, cfg.ticket_ttl)
     peers = open_peer_store(cfg.peer_store, cfg.redis_password)
@@ -294,9 +294,11 @@ def _bittorrent_routes(state: TrackerState) -> APIRouter:
                 chosen: list[Peer] = []
                 counts = peers.counts(a.info_hash)
             else:
-                me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role, node, Intervals.ttl(interval))
+                ttl = Intervals.ttl(interval)
+                me = Peer(a.peer_id, a.ip, a.port, a.left, now, a.role, node, ttl, a.zone)
                 sample = peers.announce(a.info_hash, me, a.event == "completed", now)
-                chosen = state.handout(me, keep_roles_apart(me, sample.peers), a.numwant)
+                nearby = by_zone(me, a.info_hash, sample.peers, state.cfg.zone_gateways)
+                chosen = state.handout(me, keep_roles_apart(me, nearby), a.numwant)
                 counts = sample.counts
         except PeerIdTaken:
             denied("peer_id")

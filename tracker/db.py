@@ -68,10 +68,11 @@ def is_url(db: str | Path) -> bool:
     return str(db).startswith(("postgresql://", "postgres://"))
 
 
-def open_database(db: str | Path, schema: str) -> Database:
-    """A SQLite file path, or a postgresql:// URL whose password comes from PGPASSWORD / PGPASSFILE."""
+def open_database(db: str | Path, schema: str, password: str | None = None) -> Database:
+    """A SQLite file path, or a postgresql:// URL; its password is `password` (HFBT_PG_PASSWORD), else
+    libpq's own PGPASSWORD / PGPASSFILE."""
     if is_url(db):
-        return PostgresDatabase(str(db), schema)
+        return PostgresDatabase(str(db), schema, password)
     return SqliteDatabase(Path(db), schema)
 
 
@@ -134,7 +135,9 @@ def check_url(url: str) -> None:
     except psycopg.ProgrammingError as e:
         raise DbError(f"--db is not a valid postgresql:// URL: {e}") from None
     if params.get("password") is not None:
-        raise DbError("--db must not carry a password: set PGPASSWORD or use a PGPASSFILE instead")
+        raise DbError(
+            "--db must not carry a password: set HFBT_PG_PASSWORD (or HFBT_PG_PASSWORD_FILE, PGPASSFILE)"
+        )
 
 
 class _PgTx:
@@ -159,10 +162,11 @@ class PostgresDatabase:
 
     shared = True
 
-    def __init__(self, url: str, schema: str) -> None:
+    def __init__(self, url: str, schema: str, password: str | None = None) -> None:
         import psycopg
 
         check_url(url)
+        self._password = password
         self._psycopg = psycopg
         self.integrity_error = psycopg.IntegrityError
         self._url = url
@@ -175,11 +179,13 @@ class PostgresDatabase:
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             try:
+                extra = {"password": self._password} if self._password else {}
                 self._conn = self._psycopg.connect(
                     self._url,
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_S,
                     application_name="hfbt-tracker",
+                    **extra,
                 )
             except self._psycopg.OperationalError as e:
                 raise RegistryUnavailable(f"the registry database is unreachable ({_reason(e)})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,40 @@ def keep_roles_apart(requester: Peer, candidates: Sequence[Peer]) -> list[Peer]:
     if requester.role == ROLE_SEED:
         return [p for p in candidates if p.role != ROLE_PIECES]
     return list(candidates)
+
+
+def zone_rank(info_hash: bytes, peer: Peer) -> bytes:
+    """A peer's place in its zone for one torrent (rendezvous hashing): the lowest are its gateways.
+    Every replica and every announce agree on it without shared state, and it differs per torrent,
+    so no one node carries every blob across zones."""
+    return hashlib.blake2b(info_hash + peer.peer_id, digest_size=8).digest()
+
+
+def by_zone(requester: Peer, info_hash: bytes, candidates: Sequence[Peer], gateways: int) -> list[Peer]:
+    """Applied before the policy: same-zone peers, plus, for a zone's gateways only, the other
+    zones' gateways.
+
+    Each zone's `gateways` lowest-ranked peers (zone_rank, among the candidates and the requester)
+    are its only links to other zones, so a blob crosses into a zone about once (once per gateway at
+    worst) and then spreads over the zone's own links. A peer with no zone is in the zone "", so a
+    swarm where nobody names a zone is handed out as before. With gateways <= 0 zones are ignored.
+    """
+    zones = {p.zone for p in candidates} | {requester.zone}
+    if gateways <= 0 or len(zones) == 1:
+        return list(candidates)
+    members: dict[str, list[Peer]] = {}
+    for p in candidates:
+        if p.peer_id != requester.peer_id:
+            members.setdefault(p.zone, []).append(p)
+    members.setdefault(requester.zone, []).append(requester)
+    gates: set[bytes] = set()
+    for peers in members.values():
+        peers.sort(key=lambda p: zone_rank(info_hash, p))
+        gates.update(p.peer_id for p in peers[:gateways])
+    local = [p for p in candidates if p.zone == requester.zone]
+    if requester.peer_id not in gates:
+        return local
+    return local + [p for p in candidates if p.zone != requester.zone and p.peer_id in gates]
 
 
 def random_mix(

@@ -136,9 +136,9 @@ def _job(row: Sequence) -> Job:
     return Job(*row)
 
 
-def open_registry(db: str | Path) -> Registry:
+def open_registry(db: str | Path, password: str | None = None) -> Registry:
     """The registry in a SQLite file, or in PostgreSQL for a postgresql:// URL (tracker/db.py)."""
-    return Registry(open_database(db, SCHEMA))
+    return Registry(open_database(db, SCHEMA, password))
 
 
 class Registry:

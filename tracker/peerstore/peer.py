@@ -27,6 +27,8 @@ class Peer:
     # Seconds this entry lives without a re-announce: two of the intervals it was told (seeders are
     # told to come back far less often than leechers, tracker/intervals.py).
     ttl: float = 60.0
+    # Where it is (announce's zone=; "" : unsaid): the handout keeps most traffic inside a zone.
+    zone: str = ""
 
     @property
     def seeder(self) -> bool:

@@ -117,15 +117,15 @@ def _keys(info_hash: bytes) -> list[str]:
 
 
 def _encode(p: Peer) -> bytes:
-    fields = (p.ip, str(p.port), str(p.left), p.role, p.node, repr(p.last_seen), repr(p.ttl))
+    fields = (p.ip, str(p.port), str(p.left), p.role, p.node, repr(p.last_seen), repr(p.ttl), p.zone)
     return "\t".join(fields).encode()
 
 
 def _decode(peer_id: bytes, value: bytes) -> Peer | None:
     """A stored peer, or None for one that does not parse (never trusted blindly: it is shared state)."""
     try:
-        ip, port, left, role, node, last_seen, ttl = value.decode().split("\t")
-        return Peer(peer_id, ip, int(port), int(left), float(last_seen), role, node, float(ttl))
+        ip, port, left, role, node, last_seen, ttl, zone = value.decode().split("\t")
+        return Peer(peer_id, ip, int(port), int(left), float(last_seen), role, node, float(ttl), zone)
     except ValueError:
         return None
 
