@@ -105,7 +105,10 @@ class TrackerRefused(HfbtError):
 
 
 class TrackerClient:
-    def __init__(self, url: str, credential: str | None = None, node_name: str = "anonymous") -> None:
+    def __init__(
+        self, url: str, credential: str | None = None, node_name: str = "anonymous", zone: str = ""
+    ) -> None:
+        self.zone = zone  # told with piece-server lookups and seed registrations (tracker/pieceservers.py)
         # X-HFBT-Node names the node to an open tracker; a closed one reads the name from the credential.
         headers = {"X-HFBT-Node": node_name, "User-Agent": "hfbt"}
         if credential:
@@ -174,7 +177,7 @@ class TrackerClient:
     def torrent(self, info_hash: str, hf_token: str | None = None, pieces: bool = False) -> bytes:
         """pieces: ask for the seeds' piece servers too (the announce URL then says so). On a closed
         tracker the announce URL carries this node's ticket for the torrent (grant_of_announce)."""
-        params = {"pieces": "1"} if pieces else None
+        params = ({"pieces": "1"} | ({"zone": self.zone} if self.zone else {})) if pieces else None
         path = f"/api/v1/torrents/{info_hash}.torrent"
         return self._call("GET", path, headers=_hub_auth(hf_token), params=params).content
 
@@ -203,6 +206,8 @@ class TrackerClient:
         self, seed_id: str, origin: str, piece_port: int | None = None, piece_url: str | None = None
     ) -> None:
         body = {"seed_id": seed_id, "origin": origin, "piece_port": piece_port, "piece_url": piece_url}
+        if self.zone:
+            body["zone"] = self.zone
         self._call("POST", "/api/v1/seeds", json=body)
 
     def next_job(self, seed_id: str, wait: float = 25.0) -> dict | None:

@@ -42,6 +42,17 @@ def test_piece_servers_lists_only_alive_seeds_sorted() -> None:
     assert table.urls({"s1"}) == ["http://a:10"]
 
 
+def test_a_node_naming_its_zone_gets_only_that_zones_piece_servers() -> None:
+    table = PieceServers()
+    table.set("sa", "http://a:1", "zone-a")
+    table.set("sb", "http://b:1", "zone-b")
+    table.set("s", "http://any:1")  # a seed that names no zone serves every zone
+    alive = {"sa", "sb", "s"}
+    assert table.urls(alive, "zone-a") == ["http://a:1", "http://any:1"]
+    assert table.urls(alive, "zone-c") == ["http://any:1"]
+    assert table.urls(alive) == ["http://a:1", "http://any:1", "http://b:1"]
+
+
 # -- hub access --------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from hfbt.manifest import Manifest, check_repo_id, check_repo_type, check_revisi
 from hfbt.metrics import CONTENT_TYPE, TrackerMetrics, render
 from hfbt.tickets import TicketError, TicketSigner, load_or_create_key
 from hfbt.torrents import TorrentError
-from hfbt.wire import ROLE_PIECES, ROLE_SEED, with_role
+from hfbt.wire import ROLE_PIECES, ROLE_SEED, ZONE_RULE, with_role
 from tracker import announce as bt
 from tracker.access import AccessChecker, probe_path, require_any_hub_access, require_hub_access
 from tracker.auth import NODE, OPERATOR, SEED, Auth, Caller, new_node_token, valid_node_name
@@ -87,6 +87,7 @@ class SeedIn(BaseModel):
     # The seed's piece server (hfbt/seed/pieces.py): a full URL, or a port on the address it calls from.
     piece_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
     piece_port: int | None = Field(default=None, ge=1, le=65535)
+    zone: str = Field(default="", pattern=f"^({ZONE_RULE})?$")
 
 
 class RevisionIn(BaseModel):
@@ -407,6 +408,7 @@ def _api_routes(state: TrackerState) -> APIRouter:
         name: str,
         x_hf_token: str | None = Header(default=None),
         pieces: bool = Query(default=False),
+        zone: str = Query(default="", pattern=f"^({ZONE_RULE})?$"),
     ) -> Response:
         info_hash = info_hash_of(name, ".torrent")
         info = await run_in_threadpool(registry.get_torrent_info, info_hash)
@@ -419,7 +421,7 @@ def _api_routes(state: TrackerState) -> APIRouter:
         if pieces:
             # A node that takes the seeds' pieces over HTTP must not also get the seeds as BT peers
             # (they would send those pieces again): its announces say so (handout.keep_roles_apart).
-            urls = state.piece_servers.urls(scheduler.alive_seed_ids())
+            urls = state.piece_servers.urls(scheduler.alive_seed_ids(), zone)
             if urls:
                 announce = with_role(announce, ROLE_PIECES)
         return Response(torrent_file(announce, info, urls), media_type="application/x-bittorrent")
@@ -473,7 +475,8 @@ def _api_routes(state: TrackerState) -> APIRouter:
     def post_seed(caller: AsSeed, request: Request, body: SeedIn) -> dict:
         scheduler.heartbeat(body.seed_id, body.origin)
         client_host = request.client.host if request.client else None
-        state.piece_servers.set(body.seed_id, seed_piece_url(body.piece_url, body.piece_port, client_host))
+        url = seed_piece_url(body.piece_url, body.piece_port, client_host)
+        state.piece_servers.set(body.seed_id, url, body.zone)
         return {"ok": True}
 
     @api.post("/seeds/{seed_id}/next-job")

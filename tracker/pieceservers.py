@@ -26,21 +26,30 @@ def seed_piece_url(piece_url: str | None, piece_port: int | None, client_host: s
 
 
 class PieceServers:
-    """seed_id -> piece-server URL; safe to call from any thread."""
+    """seed_id -> (piece-server URL, the seed's zone); safe to call from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._urls: dict[str, str] = {}
+        self._urls: dict[str, tuple[str, str]] = {}
 
-    def set(self, seed_id: str, url: str | None) -> None:
+    def set(self, seed_id: str, url: str | None, zone: str = "") -> None:
         """Record the seed's piece server, or forget it (`url` None or empty: the seed serves none)."""
         with self._lock:
             if url:
-                self._urls[seed_id] = url.rstrip("/")
+                self._urls[seed_id] = (url.rstrip("/"), zone)
             else:
                 self._urls.pop(seed_id, None)
 
-    def urls(self, alive_seed_ids: Container[str]) -> list[str]:
-        """The piece servers of the given seeds, sorted so every node gets the same .torrent."""
+    def urls(self, alive_seed_ids: Container[str], zone: str = "") -> list[str]:
+        """The piece servers of the given seeds, sorted so every node of a zone gets the same .torrent.
+
+        A node that names its zone gets only the piece servers of seeds in that zone (or of seeds that
+        name none): a piece handed over HTTP to a node across zones would cross back for the seed's own
+        zone, so those nodes take the seed's pieces from their zone's gateways instead.
+        """
         with self._lock:
-            return sorted(u for s, u in self._urls.items() if s in alive_seed_ids)
+            return sorted(
+                u
+                for s, (u, z) in self._urls.items()
+                if s in alive_seed_ids and (not zone or not z or z == zone)
+            )

@@ -101,7 +101,7 @@ def open_node(cfg: NodeConfig) -> Iterator[Node]:
     with ExitStack() as stack:
         swarm = Swarm(cfg.swarm, resume_dir=cfg.state_dir / "resume")
         stack.callback(swarm.close)
-        tracker = TrackerClient(cfg.tracker, cfg.node_token, node_name=cfg.node_name)
+        tracker = TrackerClient(cfg.tracker, cfg.node_token, node_name=cfg.node_name, zone=cfg.swarm.zone)
         stack.callback(tracker.close)
         node = Node(cfg, swarm, tracker, PublishedStore(cfg.state_dir / "published"))
         stack.callback(node.close)

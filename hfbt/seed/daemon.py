@@ -42,7 +42,7 @@ def build_seed(cfg: SeedConfig) -> SeedService:
     return SeedService(
         cfg,
         seed_id=seed_id,
-        tracker=TrackerClient(cfg.tracker, cfg.seed_token, node_name=f"seed-{seed_id}"),
+        tracker=TrackerClient(cfg.tracker, cfg.seed_token, node_name=f"seed-{seed_id}", zone=cfg.swarm.zone),
         origin=HubClient(cfg.origin, cfg.token, cfg.data_dir / "hub"),
         store=PublishedStore(cfg.data_dir / "published"),
         swarm=swarm,
