@@ -123,12 +123,14 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The tracker's signing key from `path`, created (mode 0600) on first start.
 
     Like ssh, a key file others can read is refused: whoever reads it can mint tickets for any torrent.
+    Its group may read it (not write it): Kubernetes hands a non-root pod a shared Secret, the one key
+    of all tracker replicas, as a 0440 file through fsGroup.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
             raise HfbtError(
                 "InsecureKey", f"{path} is readable by other users: chmod 600 it (it signs tickets)"
             ) from None

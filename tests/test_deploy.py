@@ -46,7 +46,14 @@ SECRETS = {s.env for s in vars(C).values() if isinstance(s, C.Secret)}
 assert SECRETS == {OPERATOR, SEED, NODE, ORIGIN, REDIS, PG}
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # What the compose file is validated with: any value will do, they are only interpolated.
-COMPOSE_TEST_ENV = {OPERATOR: "compose-config-operator", SEED: "compose-config-seed"}
+COMPOSE_TEST_ENV = {
+    OPERATOR: "compose-config-operator",
+    SEED: "compose-config-seed",
+    PG: "compose-config-pg",
+    REDIS: "compose-config-redis",
+}
+# compose's stock-image services and the one credential each holds: its own password.
+COMPOSE_STORES = {"postgres": {PG}, "redis": {REDIS}}
 
 
 # --- the CLI ------------------------------------------------------------------------------------
@@ -294,7 +301,9 @@ def service_argv(svc: dict) -> list[str]:
 
 
 def service_invocations(svc: dict, where: str) -> list[list[str]]:
-    """The hfbt command lines a service runs, each checked against the CLI."""
+    """The hfbt command lines a service runs, each checked against the CLI (none for stock images)."""
+    if not svc.get("image", "").startswith("hfbt:"):
+        return []
     argv = service_argv(svc)
     found = [argv[1:]] if argv[0] == "hfbt" else [a for arg in argv for a in hfbt_invocations(arg)]
     for args in found:
@@ -346,7 +355,14 @@ def test_compose_runs_every_role_with_real_commands_and_flags() -> None:
         "service_completed_successfully"
     }
     assert services["demo"]["depends_on"].keys() == pullers.keys()
-    assert set(doc["volumes"]) >= {"tracker-data", "seed-data", "agent1-cache", "agent2-cache"}
+    assert set(doc["volumes"]) >= {"postgres-data", "ticket-key", "seed-data", "agent1-cache", "agent2-cache"}
+    # Two tracker replicas on one PostgreSQL and one Redis, signing with one key, both named `tracker`.
+    for name in ("tracker", "tracker2"):
+        args = services[name]["command"]
+        assert flag_value(args, "--db") == "postgresql://hfbt@postgres:5432/hfbt", name
+        assert flag_value(args, "--peer-store") == "redis://redis:6379/0", name
+        assert compose_mounts(services[name])[posixpath.dirname(flag_value(args, "--ticket-key"))][1]
+        assert services[name]["networks"]["default"]["aliases"] == ["tracker"]
     for name in ("seed", "agent1", "agent2"):
         assert all(
             services[name]["depends_on"][d]["condition"].startswith("service_")
@@ -375,8 +391,13 @@ def test_compose_gives_each_role_exactly_its_credentials() -> None:
     services = compose()["services"]
     roles = {}
     for name, svc in services.items():
-        need = set().union(*[needed_credentials(a) for a in service_invocations(svc, name)])
+        need = COMPOSE_STORES.get(name) or set().union(
+            *[needed_credentials(a) for a in service_invocations(svc, name)]
+        )
         env = service_env(svc)
+        if name in COMPOSE_STORES:
+            # A stock image names it its own way (POSTGRES_PASSWORD): what it interpolates is ours.
+            env = {m: "" for v in env.values() for m in re.findall(r"\$\{(HFBT_\w+)", v)}
         assert given_credentials(set(env)) == need, f"compose {name}: has {given_credentials(set(env))}"
         roles[name] = need
         for secret in need:
@@ -385,7 +406,7 @@ def test_compose_gives_each_role_exactly_its_credentials() -> None:
                 mounts = compose_mounts(svc)
                 assert posixpath.dirname(path) in mounts, f"{name}: {path} is on no volume"
                 assert mounts[posixpath.dirname(path)][1], f"{name}: mount its credential read-only"
-    assert roles["tracker"] == {OPERATOR, SEED} and roles["seed"] == {SEED}
+    assert roles["tracker"] == roles["tracker2"] == {OPERATOR, SEED, PG, REDIS} and roles["seed"] == {SEED}
     assert roles["agent1"] == roles["agent2"] == {NODE}
     assert {n for n, r in roles.items() if OPERATOR in r} - {"tracker"}, "nobody issues node identities"
 
@@ -515,6 +536,9 @@ def test_kubernetes_manifests_have_every_role_and_run_as_non_root() -> None:
         if spec is None:
             continue
         where = f"{doc['kind']}/{doc['metadata']['name']}"
+        if is_state_store(doc):
+            check_state_store(doc, spec, where)
+            continue
         assert (
             spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
         )
@@ -540,6 +564,29 @@ def test_kubernetes_manifests_have_every_role_and_run_as_non_root() -> None:
     ), "prefetch must see the agent's cache and state dir"
 
 
+def is_state_store(doc: dict) -> bool:
+    """state.yaml's PostgreSQL and Redis: stock images, not hfbt."""
+    return doc["metadata"]["labels"].get("app.kubernetes.io/component") == "state"
+
+
+def check_state_store(doc: dict, spec: dict, where: str) -> None:
+    assert spec["securityContext"]["runAsNonRoot"] is True, where
+    for c in spec["containers"]:
+        assert c["image"].split(":")[0] in ("postgres", "redis"), where
+        assert c["resources"]["limits"]["memory"] and c.get("readinessProbe") and c.get("livenessProbe"), (
+            where
+        )
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
+        check_no_credential_in_argv([*c.get("command", []), *c.get("args", [])], where)
+        assert not [
+            e for e in c.get("env", []) if "PASSWORD" in e["name"] and not e["name"].endswith("_FILE")
+        ]
+        (vol,) = [v for v in spec["volumes"] if "secret" in v]
+        assert vol["secret"]["secretName"] == "hfbt-credentials" and vol["secret"]["defaultMode"] == 0o440
+        # Each store gets its own password only.
+        assert [i["key"] for i in vol["secret"]["items"]] in (["pg-password"], ["redis-password"]), where
+
+
 def secret_key(secret: str) -> str:
     """The hfbt-credentials key (secret.example.yaml) of a credential: HFBT_SEED_TOKEN -> seed-token."""
     return secret.removeprefix("HFBT_").lower().replace("_", "-")
@@ -560,7 +607,7 @@ def test_kubernetes_gives_each_role_exactly_its_credentials_as_files() -> None:
     roles = {}
     for doc in k8s_docs():
         spec = pod_spec(doc)
-        if spec is None:
+        if spec is None or is_state_store(doc):
             continue
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
             where = f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}"
@@ -588,24 +635,36 @@ def test_kubernetes_gives_each_role_exactly_its_credentials_as_files() -> None:
                     assert not s.get("optional"), f"{where}: a missing credential must stop the pod"
                     assert {"key": secret_key(secret), "path": src["file"]} in s["items"], where
                     assert spec["securityContext"]["fsGroup"] == 10001, f"{where}: 0440 files need fsGroup"
-                    # Every item is one this role needs: a pod gets only its own role's credentials.
-                    assert {i["key"] for i in s["items"]} <= {secret_key(n) for n in need}, where
+                    # Every item is one this role needs: a pod gets only its own role's credentials
+                    # (and the tracker replicas their one shared ticket-signing key).
+                    key_file = {"ticket-key"} if "--ticket-key" in sum(invocations, []) else set()
+                    assert {i["key"] for i in s["items"]} <= {secret_key(n) for n in need} | key_file, where
             roles[doc["metadata"]["name"]] = roles.get(doc["metadata"]["name"], set()) | need
-    assert roles["hfbt-tracker"] == {OPERATOR, SEED}
+    assert roles["hfbt-tracker"] == {OPERATOR, SEED, REDIS, PG}
     assert roles["hfbt-seed"] == {SEED}
     assert roles["hfbt-agent"] == {NODE}
     assert roles["hfbt-prefetch"] == set()  # it hands every pull to the node's agent (--agent URL)
 
 
-def test_kubernetes_tracker_keeps_its_ticket_key_private() -> None:
-    tracker = next(
-        d for d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "hfbt-tracker"
-    )
+def test_kubernetes_tracker_replicas_share_their_state_and_one_ticket_key() -> None:
+    docs = k8s_docs()
+    tracker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "hfbt-tracker")
+    assert tracker["spec"]["replicas"] >= 2 and tracker["spec"]["strategy"]["type"] == "RollingUpdate"
     spec = pod_spec(tracker)
-    # kubelet's default (Always) adds group rw to every file of the volume at each mount, and the
-    # tracker refuses a ticket key (beside the registry, on this volume) that others can read.
-    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
-    assert tracker["spec"]["replicas"] == 1 and tracker["spec"]["strategy"]["type"] == "Recreate"
+    (c,) = spec["containers"]
+    args = c["args"]
+    db, store, key = (flag_value(args, f) for f in ("--db", "--peer-store", "--ticket-key"))
+    assert db.startswith("postgresql://") and "@" in db and ":" not in db.split("//")[1].split("@")[0]
+    assert store.startswith("redis://") and "@" not in store
+    # The key every replica signs with comes from the Secret (read-only), not a per-pod volume.
+    src = credential_source(spec, c, key)
+    assert src["volume"]["secret"]["secretName"] == "hfbt-credentials"
+    assert {"key": "ticket-key", "path": src["file"]} in src["volume"]["secret"]["items"]
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], "replicas keep no state"
+    # The stores they name exist, each behind a Service of that name.
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert {"hfbt-postgres", "hfbt-redis"} <= services
+    assert "hfbt-postgres.hfbt.svc" in db and "hfbt-redis.hfbt.svc" in store
 
 
 def test_secret_example_holds_no_credential() -> None:

@@ -204,6 +204,11 @@ def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HfbtError) as e:
         load_or_create_key(path)
     assert e.value.code == "InsecureKey" and "chmod 600" in e.value.message
+    os.chmod(path, 0o660)  # a group that may rewrite it could swap in its own key
+    with pytest.raises(HfbtError):
+        load_or_create_key(path)
+    os.chmod(path, 0o440)  # a Kubernetes Secret through fsGroup: the replicas' one shared key
+    assert load_or_create_key(path).public_key() is not None
 
 
 def test_a_key_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
