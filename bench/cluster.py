@@ -17,6 +17,7 @@ runs on 127.0.0.1 with no network shaping at all; only the programs' own rate li
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import queue
@@ -76,6 +77,8 @@ class Options:
     tracker_args: list[str] = field(default_factory=list)
     quiet: bool = False
     trace: str | None = None
+    zones: int = 1  # 2: two zones joined by a link of zone_mbit (bench/net.py)
+    zone_mbit: float = 0.0  # 0: B/2
 
 
 def log(opts: Options, msg: str) -> None:
@@ -128,6 +131,12 @@ class Deployment:
         # the control API stays on the node's own loopback
         return f"http://127.0.0.1:{self.port[name] or AGENT_PORT}"
 
+    def zone_env(self, name: str) -> dict[str, str]:
+        """HFBT_ZONE for an endpoint's hfbt processes when the network has zones."""
+        if self.net is None or self.net.zones == 1:
+            return {}
+        return {"HFBT_ZONE": self.net.endpoints[name].zone}
+
     def helper(self, name: str, *args: str, stderr: Path | None = None) -> subprocess.Popen:
         err = open(stderr, "ab") if stderr else subprocess.PIPE  # noqa: SIM115 - the child owns it
         return subprocess.Popen(
@@ -137,7 +146,12 @@ class Deployment:
             stderr=err,
             text=True,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                **self.zone_env(name),
+            },
             start_new_session=True,
         )
 
@@ -242,7 +256,10 @@ class Helpers:
 def run_once(opts: Options, mode: str) -> dict:
     repo_dir, size_bytes = ensure_repo(opts.data_dir, opts.size_mb)
     workdir = Path(tempfile.mkdtemp(prefix=f"{net.PREFIX}{os.getpid()}-", dir=tempfile.gettempdir()))
-    network = None if opts.loopback else net.Network(opts.origin_mbit, opts.node_mbit, opts.nodes, opts.mtu)
+    network = None
+    if not opts.loopback:
+        zone_mbit = opts.zone_mbit or opts.origin_mbit / 2
+        network = net.Network(opts.origin_mbit, opts.node_mbit, opts.nodes, opts.mtu, opts.zones, zone_mbit)
     lc = LocalCluster(workdir, env={"HFBT_LOG_LEVEL": "info"})
     helpers = Helpers(workdir / "logs")
     expected_http = opts.nodes * size_bytes * 8 / (opts.origin_mbit * 1e6)
@@ -318,7 +335,7 @@ def _run(
             "seed",
             "seed", "--tracker", tracker_url, "--origin", origin_url, "--data-dir", str(wd / "seed"),
             "--seed-id", "seed", *seed_args, *opts.seed_args,
-            prefix=dep.prefix("seed"),
+            prefix=dep.prefix("seed"), env=dep.zone_env("seed"),
         )  # fmt: skip
         lc._wait_log(seed, "event=seed_registered")
         if mode in ("warm", "embedded"):
@@ -340,7 +357,7 @@ def _run(
                 "agent", "--tracker", tracker_url, "--cache-dir", str(wd / n / "hub"),
                 "--state-dir", str(wd / n / "state"), "--host", "127.0.0.1",
                 "--port", str(dep.port[n] or AGENT_PORT), "--node-name", n, *agent_args, *opts.agent_args,
-                prefix=dep.prefix(n),
+                prefix=dep.prefix(n), env=dep.zone_env(n),
             )  # fmt: skip
         for n in dep.nodes:
             helpers.start(dep, n, "pull", "--agent", dep.agent_url(n), "--repo", REPO_ID)
@@ -349,6 +366,7 @@ def _run(
     origin_before = dep.get_json("origin", f"{origin_url}/_hfbt/stats")["total_bytes"]
     seed_tx0 = dep.net.tx_bytes("seed") if dep.net else None
     origin_tx0 = dep.net.tx_bytes("origin") if dep.net else None
+    cross0 = dep.net.cross_zone_bytes() if dep.net else 0
 
     log(opts, f"{mode} N={opts.nodes}: go")
     pids = {p.name: p.popen.pid for p in lc.procs}
@@ -391,6 +409,10 @@ def _run(
     if dep.net:
         extra["seed_wire_tx_bytes"] = dep.net.tx_bytes("seed") - seed_tx0
         extra["origin_wire_tx_bytes"] = dep.net.tx_bytes("origin") - origin_tx0
+        if dep.net.zones > 1:
+            crossed = dep.net.cross_zone_bytes() - cross0
+            extra.update(zones=dep.net.zones, zone_mbit=dep.net.zone_mbit, cross_zone_bytes=crossed)
+            extra["cross_zone_copies"] = round(crossed / size_bytes, 2)
     extra["origin_bytes_during_pull"] = origin_stats["total_bytes"] - origin_before
 
     return metrics.make_record(
@@ -495,6 +517,8 @@ def summary(rec: dict) -> str:
         f"wall/T*={rec['wall_over_bound']:.2f} origin={rec['origin_copies']:.2f}×S "
         f"seed_up={rec['seed_upload_copies'] if rec['seed_upload_copies'] is not None else '-'}×S "
         f"cpu={rec['cpu_busy_mean']:.0%}{' SATURATED' if rec['cpu_saturated'] else ''}"
+        + (f" cross_zone={rec['cross_zone_copies']:.2f}×S" if "cross_zone_copies" in rec else "")
+        + (f" [{' '.join(rec['tracker_args'])}]" if rec.get("tracker_args") else "")
     )
 
 
@@ -523,6 +547,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(Options.data_dir), help="where the synthetic repo is kept")
     p.add_argument("--keep", action="store_true", help="keep the run's folder and logs")
     p.add_argument("--trace", help="diagnostics: append per-second link rates to this file (costs CPU)")
+    p.add_argument("--zones", type=int, choices=(1, 2), default=1, help="2: odd nodes in zone a, even in b")
+    p.add_argument("--zone-mbit", type=float, default=0.0, help="the link between the zones (default B/2)")
+    p.add_argument(
+        "--zone-gateways",
+        action="append",
+        help="the tracker's --zone-gateways (repeatable: each value one run, side by side)",
+    )
     for role in ("seed", "agent", "tracker"):
         p.add_argument(f"--{role}-args", default="", help=f"extra flags for every `hfbt {role}`")
     return p.parse_args(argv)
@@ -557,36 +588,42 @@ def main(argv: list[str] | None = None) -> int:
             print("[bench] --mode embedded needs network namespaces, not --loopback", file=sys.stderr)
             return 2
         modes.remove("embedded")
+    if loopback and a.zones > 1:
+        print("[bench] --zones needs network namespaces, not --loopback", file=sys.stderr)
+        return 2
     failures = 0
+    variants = [["--zone-gateways", g] for g in a.zone_gateways] if a.zone_gateways else [[]]
     try:
-        for n in a.nodes or DEFAULT_SERIES:
-            for mode in modes:
-                for _ in range(a.repeat):
-                    opts = Options(
-                        nodes=n,
-                        origin_mbit=a.origin_mbit,
-                        node_mbit=a.node_mbit,
-                        size_mb=a.size_mb,
-                        loopback=loopback,
-                        mtu=a.mtu,
-                        label=a.label,
-                        timeout=a.timeout,
-                        data_dir=Path(a.data_dir),
-                        results=Path(a.results) if a.results else None,
-                        keep=a.keep,
-                        trace=a.trace,
-                        seed_args=shlex.split(a.seed_args),
-                        agent_args=shlex.split(a.agent_args),
-                        tracker_args=shlex.split(a.tracker_args),
-                    )
-                    try:
-                        rec = run_once(opts, mode)
-                    except (BenchError, HfbtError, net.NetError) as e:
-                        failures += 1
-                        print(f"[bench] {mode} N={n} failed: {e}", file=sys.stderr)
-                        continue
-                    emit(opts, rec)
-                    print(f"[bench] {summary(rec)}", file=sys.stderr)
+        for n, mode, variant, _ in itertools.product(
+            a.nodes or DEFAULT_SERIES, modes, variants, range(a.repeat)
+        ):
+            opts = Options(
+                nodes=n,
+                origin_mbit=a.origin_mbit,
+                node_mbit=a.node_mbit,
+                size_mb=a.size_mb,
+                loopback=loopback,
+                mtu=a.mtu,
+                label=a.label,
+                timeout=a.timeout,
+                data_dir=Path(a.data_dir),
+                results=Path(a.results) if a.results else None,
+                keep=a.keep,
+                trace=a.trace,
+                seed_args=shlex.split(a.seed_args),
+                agent_args=shlex.split(a.agent_args),
+                tracker_args=shlex.split(a.tracker_args) + variant,
+                zones=a.zones,
+                zone_mbit=a.zone_mbit,
+            )
+            try:
+                rec = run_once(opts, mode)
+            except (BenchError, HfbtError, net.NetError) as e:
+                failures += 1
+                print(f"[bench] {mode} N={n} {' '.join(variant)} failed: {e}", file=sys.stderr)
+                continue
+            emit(opts, rec)
+            print(f"[bench] {summary(rec)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("[bench] interrupted; everything was cleaned up", file=sys.stderr)
         return 130

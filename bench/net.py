@@ -4,6 +4,9 @@
     hfbtb-<pid>-origin   10.77.0.2   link B       hfbtb-<pid>-tracker  10.77.0.3   link U
     hfbtb-<pid>-seed     10.77.0.4   link U       hfbtb-<pid>-nNN      10.77.0.(10+NN)  link U
 
+With zones=2 the switch holds two bridges, zone a (origin, tracker, seed, odd nodes) and zone b (even
+nodes), joined by one veth pair shaped to zone_mbit each way: the link between two sites or racks.
+
 Every endpoint's link is capped both ways: its upload on its own eth0 (egress), its download on the
 switch port that sends to it (egress in the switch namespace). This kernel has HTB and TBF but neither
 netem nor fq/sfq, so there is no latency emulation and no flow-fair leaf qdisc: under each link's HTB
@@ -44,6 +47,7 @@ class Endpoint:
     mbit: float  # link rate, both directions
     ns: str = ""
     port: str = ""  # the veth end in the switch namespace
+    zone: str = "a"
 
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.ns]
@@ -111,6 +115,8 @@ class Network:
     node_mbit: float
     nodes: int
     mtu: int = 1500
+    zones: int = 1  # 1 or 2
+    zone_mbit: float = 0.0  # the link between the zones (zones=2)
     tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     _created: list[str] = field(default_factory=list)
@@ -124,9 +130,13 @@ class Network:
         if self.nodes > 200:
             raise NetError("at most 200 nodes fit the /24")
         eps += [Endpoint(f"n{i:02d}", f"{SUBNET}.{10 + i}", self.node_mbit) for i in range(1, self.nodes + 1)]
+        if self.zones not in (1, 2):
+            raise NetError("zones: 1 or 2")
         for i, ep in enumerate(eps):
             ep.ns = f"{self.tag}-{ep.name}"
             ep.port = f"p{i}"
+            if self.zones == 2 and ep.name.startswith("n") and int(ep.name[1:]) % 2 == 0:
+                ep.zone = "b"
         self.endpoints = {ep.name: ep for ep in eps}
         self.switch = f"{self.tag}-sw"
 
@@ -149,6 +159,14 @@ class Network:
         _run([*sw, "link", "set", "lo", "up"])
         _run([*sw, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge"])
         _run([*sw, "link", "set", "br0", "up"])
+        if self.zones == 2:
+            _run([*sw, "link", "add", "br1", "mtu", str(self.mtu), "type", "bridge"])
+            _run([*sw, "link", "set", "br1", "up"])
+            _run([*sw, "link", "add", "za", "mtu", str(self.mtu), "type", "veth", "peer", "name", "zb"])
+            _run([*sw, "link", "set", "za", "master", "br0", "up"])
+            _run([*sw, "link", "set", "zb", "master", "br1", "up"])
+            for dev in ("za", "zb"):  # each end's egress: one direction of the inter-zone link
+                self._htb(["ip", "netns", "exec", self.switch], dev, self.zone_mbit, [])
         for ep in self.endpoints.values():
             self._add_ns(ep.ns)
             ns = ["ip", "-n", ep.ns]
@@ -156,7 +174,8 @@ class Network:
                 ["ip", "link", "add", ep.port, "netns", self.switch, "mtu", str(self.mtu), "type", "veth"]
                 + ["peer", "name", "eth0", "netns", ep.ns, "mtu", str(self.mtu)]
             )
-            _run([*sw, "link", "set", ep.port, "master", "br0", "up"])
+            bridge = "br1" if ep.zone == "b" else "br0"
+            _run([*sw, "link", "set", ep.port, "master", bridge, "up"])
             _run([*ns, "link", "set", "lo", "up"])
             _run([*ns, "addr", "add", f"{ep.ip}/24", "dev", "eth0"])
             _run([*ns, "link", "set", "eth0", "up"])
@@ -203,6 +222,13 @@ class Network:
         """Bytes the endpoint sent on its link (IP + Ethernet headers included)."""
         out = _run(["ip", "-n", self.endpoints[name].ns, "-j", "-s", "link", "show", "eth0"])
         return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+
+    def cross_zone_bytes(self) -> int:
+        """Bytes that crossed between the zones, both ways (0 with one zone)."""
+        if self.zones == 1:
+            return 0
+        out = json.loads(_run(["ip", "-n", self.switch, "-j", "-s", "link", "show"]))
+        return sum(int(d["stats64"]["tx"]["bytes"]) for d in out if d["ifname"] in ("za", "zb"))
 
     # --- tear down -------------------------------------------------------------------------------
 
