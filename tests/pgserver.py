@@ -11,10 +11,8 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hfbt.cluster import free_port
+from tests.redisserver import wait_listening
 
 SUPERUSER = "hfbt"
 
@@ -69,19 +68,8 @@ def start_postgres(workdir: Path) -> tuple[subprocess.Popen, PgServer]:
     args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     log = open(workdir / "postgres.log", "wb")  # noqa: SIM115 - the server's lifetime
     proc = subprocess.Popen(args, stdout=log, stderr=log, **_as_owner(owner))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, PgServer(port, password)
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"postgres exited at start: {(workdir / 'postgres.log').read_text()}"
-                ) from None
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("postgres did not start listening")
+    wait_listening(proc, port, "postgres", 30, workdir / "postgres.log")
+    return proc, PgServer(port, password)
 
 
 def stop_postgres(proc: subprocess.Popen) -> None:

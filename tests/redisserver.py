@@ -27,17 +27,26 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
     conf.write_text("\n".join(lines) + "\n")
     conf.chmod(0o600)
     proc = subprocess.Popen([REDIS_SERVER, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
+    wait_listening(proc, port, "redis-server", 10)
+    return proc, port
+
+
+def wait_listening(
+    proc: subprocess.Popen, port: int, name: str, timeout: float, log: Path | None = None
+) -> None:
+    """Until a server process accepts on 127.0.0.1:port; killed and an error if it exits or times out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
+            return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start") from None
+                said = log.read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"{name} exited at start {said}") from None
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("redis-server did not start listening")
+    raise RuntimeError(f"{name} did not start listening")
 
 
 def stop_redis(proc: subprocess.Popen) -> None:
